@@ -1,0 +1,154 @@
+r"""Variational objectives as differentiable losses (Contract 3).
+
+Every objective is an :class:`Objective`: calling ``objective(model, guide, *args)``
+returns a scalar loss tensor, the negative of a lower bound on
+:math:`\log p(x)` summed over the data points of the batch, whose gradient is an
+estimate of the bound's gradient. A plain ``torch.optim`` loop (and
+``DistributedDataParallel``) can use it directly; nothing goes through ``pyro.infer.SVI``
+or Pyro's global parameter store.
+
+For reparameterized guides the loss value equals the negative bound; with
+non-reparameterized sites Pyro's surrogate (score-function) terms are added, whose value
+may differ while their gradient is unbiased.
+
+Example:
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+    >>> loss = build_objective("elbo")(model, guide, torch.zeros(3))
+    >>> round(float(loss), 4)  # exact posterior: -ELBO = -log p(x) = 3 * log(2 sqrt(pi))
+    3.7965
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import pyro.infer
+import torch
+
+from ppvae.errors import SpecError
+from ppvae.registry import Registry
+
+__all__ = [
+    "Objective",
+    "ObjectiveConfig",
+    "OBJECTIVES",
+    "PyroElbo",
+    "build_objective",
+]
+
+
+class Objective(abc.ABC):
+    """A variational objective: ``objective(model, guide, *args, **kwargs) -> loss``."""
+
+    #: Whether the objective enumerates discrete latent sites (needs ``TraceEnum_ELBO``).
+    enumerates: bool = False
+
+    @abc.abstractmethod
+    def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The differentiable loss (negative bound summed over data points)."""
+
+    def __call__(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self.loss(model, guide, *args, **kwargs)
+
+
+class PyroElbo(Objective):
+    """Any ``pyro.infer.ELBO`` instance used through its ``differentiable_loss``.
+
+    Example:
+        >>> import pyro.infer
+        >>> objective = PyroElbo(pyro.infer.TraceMeanField_ELBO(num_particles=2))
+    """
+
+    def __init__(self, elbo: pyro.infer.ELBO) -> None:
+        self.elbo = elbo
+        self.enumerates = isinstance(elbo, pyro.infer.TraceEnum_ELBO)
+
+    def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"PyroElbo({type(self.elbo).__name__}, num_particles={self.elbo.num_particles})"
+
+
+class ObjectiveConfig(abc.ABC):
+    """Options of one objective kind, as read from an ``[objective]`` section."""
+
+    kind: str
+
+    @abc.abstractmethod
+    def build(self) -> Objective:
+        """A fresh :class:`Objective` for these options."""
+
+
+#: Registry of objective kinds: ``[objective] kind = "..."``.
+OBJECTIVES: Registry[ObjectiveConfig] = Registry("objective")
+
+
+def _check_particles(num_particles: int) -> None:
+    if num_particles < 1:
+        raise SpecError(f"objective.num_particles must be at least 1, got {num_particles}")
+
+
+@OBJECTIVES.register("elbo")
+@dataclass(frozen=True)
+class ElboConfig(ObjectiveConfig):
+    r"""The evidence lower bound, :math:`E_q[\log p(x, z) - \log q(z | x)]` (``Trace_ELBO``).
+
+    ``num_particles`` samples are averaged; ``vectorize_particles`` draws them in one
+    vectorized trace (a particle plate) instead of a Python loop.
+    """
+
+    num_particles: int = 1
+    vectorize_particles: bool = True
+
+    def __post_init__(self) -> None:
+        _check_particles(self.num_particles)
+
+    def build(self) -> Objective:
+        return PyroElbo(
+            pyro.infer.Trace_ELBO(
+                num_particles=self.num_particles,
+                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
+            )
+        )
+
+
+@OBJECTIVES.register("meanfield_elbo")
+@dataclass(frozen=True)
+class MeanFieldElboConfig(ObjectiveConfig):
+    r"""The ELBO with analytic :math:`KL(q(z|x) \| p(z))` where one is registered
+    (``TraceMeanField_ELBO``); other sites fall back to Monte Carlo."""
+
+    num_particles: int = 1
+    vectorize_particles: bool = True
+
+    def __post_init__(self) -> None:
+        _check_particles(self.num_particles)
+
+    def build(self) -> Objective:
+        return PyroElbo(
+            pyro.infer.TraceMeanField_ELBO(
+                num_particles=self.num_particles,
+                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
+            )
+        )
+
+
+def build_objective(objective: str | ObjectiveConfig | Objective | pyro.infer.ELBO) -> Objective:
+    """Turn a kind name, an options object, an :class:`Objective` or a Pyro ELBO into an
+    :class:`Objective`."""
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, pyro.infer.ELBO):
+        return PyroElbo(objective)
+    if isinstance(objective, ObjectiveConfig):
+        return objective.build()
+    return OBJECTIVES.get(objective, where="objective")().build()
