@@ -41,7 +41,8 @@ class Registry(Generic[T]):
         """Class decorator that registers ``cls`` under ``name``."""
 
         def decorator(cls: type[T]) -> type[T]:
-            if name in self._entries:
+            old = self._entries.get(name)
+            if old is not None and old.__qualname__ != cls.__qualname__:
                 raise ValueError(f"{self.axis} kind {name!r} is registered twice")
             self._entries[name] = cls
             cls.kind = name  # type: ignore[attr-defined]

@@ -58,6 +58,15 @@ class Objective(abc.ABC):
     def __call__(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss(model, guide, *args, **kwargs)
 
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Compute the loss, backpropagate it into ``.grad`` and return it detached.
+
+        The trainer calls this once per step; objectives that cannot return a
+        differentiable loss (Pyro's ``RenyiELBO``) override it."""
+        loss = self.loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.detach()
+
 
 class PyroElbo(Objective):
     """Any ``pyro.infer.ELBO`` instance used through its ``differentiable_loss``.

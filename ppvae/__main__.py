@@ -1,0 +1,7 @@
+"""``python -m ppvae`` (and ``torchrun -m ppvae``) runs the command line."""
+
+import sys
+
+from ppvae.cli import main
+
+sys.exit(main())

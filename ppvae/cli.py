@@ -1,0 +1,194 @@
+"""The ``ppvae`` command line: ``train``, ``evaluate``, ``sample``.
+
+Every error a user can cause prints one line ``error: <sentence>`` and exits with status 2
+(argparse's own usage errors exit 2 as well).
+
+Examples::
+
+    ppvae train models/vae.toml
+    ppvae train models/vae_bmnist.toml --set train.epochs=2 --set objective.kind=iwae --out runs/x
+    ppvae evaluate runs/vae --num-samples 1000 --json
+    ppvae sample runs/vae -n 64 --out samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ppvae.errors import PpvaeError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppvae", description="Deep latent variable models written as Pyro programs."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a model spec into a run folder")
+    p.add_argument("spec", help="a TOML spec, e.g. models/vae.toml")
+    p.add_argument("--out", help="run folder (default: runs/<spec name>, numbered if taken)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one spec value (repeatable), e.g. --set train.epochs=5",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+    p.add_argument("--seed", type=int, help="random seed (same as --set train.seed=...)")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="estimate log p(x) and the ELBO of a trained run")
+    p.add_argument("run_dir", help="a run folder written by ppvae train")
+    p.add_argument(
+        "--split", choices=["train", "valid", "test"], help="data split (default: the spec's)"
+    )
+    p.add_argument("--num-samples", "-k", type=int, help="importance samples per data point")
+    p.add_argument("--batch-size", type=int, help="data points per batch")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("sample", help="draw samples from a trained run's model")
+    p.add_argument("run_dir", help="a run folder written by ppvae train")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument(
+        "--out", help="output file: .png (image grid), .npy or .pt (default: figures/samples-N.png)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ppvae.run import default_run_dir, train_spec
+    from ppvae.spec import load_spec
+
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    spec = load_spec(args.spec, overrides)
+    out = Path(args.out) if args.out else default_run_dir(args.spec)
+    run, history = train_spec(
+        spec, out, force=args.force, progress=False if args.no_progress else None
+    )
+    last = history.records[-1]
+    best = max(
+        (r for r in history.records if r.get("valid_elbo") is not None),
+        key=lambda r: r["valid_elbo"],
+        default=None,
+    )
+    first = history.records[0]
+    print(f"run folder: {run.path}")
+    print(
+        f"epochs: {last['epoch']}  train loss: {first['train_loss']:.4f} -> {last['train_loss']:.4f}"
+    )
+    if best is not None:
+        print(
+            f"valid ELBO: {first['valid_elbo']:.4f} (epoch 1) -> {last['valid_elbo']:.4f} "
+            f"(epoch {last['epoch']}); best {best['valid_elbo']:.4f} (epoch {best['epoch']})"
+        )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ppvae.evaluate import evaluate_run
+    from ppvae.run import load_run
+
+    run = load_run(args.run_dir, which=args.checkpoint, device=args.device)
+    summary = evaluate_run(
+        run,
+        split=args.split,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    print(f"split {s['split']}: n = {s['n']}, K = {s['num_samples']} importance samples")
+    print(f"  log p(x)  {s['log_px']:.4f} +- {s['log_px_sem']:.4f} (s.e. over points)")
+    print(f"  ELBO      {s['elbo']:.4f} +- {s['elbo_sem']:.4f}")
+    print(f"  gap       {s['gap']:.4f}  (mean KL(q(z|x) || p(z|x)) estimate)")
+    print(f"  ESS       median {s['ess_median']:.1f}, min {s['ess_min']:.1f} of {s['num_samples']}")
+    print(
+        f"  k-hat     max {s['khat_max']:.3f}, median {s['khat_median']:.3f}, "
+        f"share > 0.7: {s['khat_frac_bad']:.3f}, share > {s['khat_threshold']:.3f}: "
+        f"{s['khat_frac_above_threshold']:.3f}"
+    )
+    print(f"  per-point values: {s['per_point_file']}")
+    print(f"  k-hat plot: {s['khat_plot']}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ppvae.errors import RunDirError
+    from ppvae.report import save_image_grid
+    from ppvae.run import load_run
+
+    if args.n < 1:
+        raise RunDirError(f"-n must be at least 1, got {args.n}")
+    run = load_run(args.run_dir, which=args.checkpoint)
+    if not hasattr(run.model, "generate"):
+        raise RunDirError(
+            f"the model of {args.run_dir!r} ({run.spec.model.kind}) cannot generate samples"
+        )
+    out = Path(args.out) if args.out else run.path / "figures" / f"samples-{args.n}.png"
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npy", ".pt"):
+        raise RunDirError(f"--out must end in .png, .npy or .pt, got {str(out)!r}")
+    if suffix == ".png" and run.data.image_shape is None:
+        raise RunDirError(
+            "the data are not images, so samples cannot be a .png; use --out FILE.npy"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        samples = run.model.generate(args.n).cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        save_image_grid(samples, run.data.image_shape, out)
+    elif suffix == ".npy":
+        import numpy as np
+
+        np.save(out, samples.numpy())
+    else:
+        torch.save(samples, out)
+    print(f"{args.n} samples written to {out}")
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except PpvaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

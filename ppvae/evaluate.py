@@ -1,0 +1,111 @@
+r"""Evaluate a trained run: importance-sampled :math:`\log p(x)`, the ELBO, diagnostics.
+
+:func:`evaluate_run` estimates per data point :math:`\log p(x_i)` with :math:`K`
+importance samples from the guide, the ELBO (the mean log weight over the same samples),
+their gap (an estimate of :math:`KL(q(z|x) \| p(z|x))`), the Kish effective sample size
+and the PSIS :math:`\hat k`, and writes into ``RUN/evaluation/``:
+
+* ``<split>-K<K>.json``: the summary (also returned);
+* ``<split>-K<K>.npz``: per-point ``log_px``, ``elbo``, ``stderr``, ``ess``, ``khat``;
+* ``<split>-K<K>-khat.png``: the :math:`\hat k` plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from ppvae.infer.diagnostics import khat_threshold, plot_khat
+from ppvae.infer.importance import log_marginal_likelihood
+from ppvae.infer.isolation import isolated_param_store
+from ppvae.run import Run, model_inputs
+
+__all__ = ["evaluate_run", "summarize"]
+
+
+def summarize(result, split: str) -> dict[str, Any]:
+    """The summary dictionary of an :class:`~ppvae.infer.importance.ImportanceResult`."""
+    n = result.num_points
+    khat = result.khat.numpy()
+    finite = khat[np.isfinite(khat)]
+    threshold = khat_threshold(result.num_samples)
+    elbo = result.elbo.numpy()
+    log_px = result.log_px.numpy()
+
+    def sem(values: np.ndarray) -> float:
+        return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+
+    def nan_to_none(x: float) -> float | None:
+        return None if not math.isfinite(x) else x
+
+    return {
+        "split": split,
+        "n": n,
+        "num_samples": result.num_samples,
+        "log_px": float(log_px.mean()),
+        "log_px_sem": nan_to_none(sem(log_px)),
+        "nll": float(-log_px.mean()),
+        "elbo": float(elbo.mean()),
+        "elbo_sem": nan_to_none(sem(elbo)),
+        "gap": float(log_px.mean() - elbo.mean()),
+        "log_px_stderr_mean": nan_to_none(float(np.nanmean(result.stderr.numpy()))),
+        "ess_median": float(np.median(result.ess.numpy())),
+        "ess_min": float(result.ess.min()),
+        "khat_max": nan_to_none(float(finite.max())) if finite.size else None,
+        "khat_median": nan_to_none(float(np.median(finite))) if finite.size else None,
+        "khat_frac_bad": float((finite > 0.7).mean()) if finite.size else None,
+        "khat_threshold": threshold,
+        "khat_frac_above_threshold": float((finite > threshold).mean()) if finite.size else None,
+        "num_khat_samples": result.num_khat_samples,
+    }
+
+
+def evaluate_run(
+    run: Run,
+    *,
+    split: str | None = None,
+    num_samples: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``run`` on ``split`` with ``num_samples`` importance samples per point
+    (defaults from the spec's ``[evaluate]`` section) and write the result files."""
+    cfg = run.spec.evaluate
+    split = split or cfg.split
+    num_samples = num_samples or cfg.num_samples
+    batch_size = batch_size or cfg.batch_size
+    if num_samples < 1 or batch_size < 1:
+        from ppvae.errors import SpecError
+
+        raise SpecError(
+            f"--num-samples and --batch-size must be at least 1, got {num_samples} and {batch_size}"
+        )
+    data = model_inputs(run.spec, run.data.split(split))
+    with isolated_param_store():
+        result = log_marginal_likelihood(
+            run.model,
+            run.guide,
+            data,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            device=run.device,
+            progress=progress,
+        )
+    summary = summarize(result, split)
+    folder = run.path / "evaluation"
+    folder.mkdir(exist_ok=True)
+    stem = f"{split}-K{num_samples}"
+    np.savez(
+        folder / f"{stem}.npz",
+        **{k: getattr(result, k).numpy() for k in ("log_px", "elbo", "stderr", "ess", "khat")},
+    )
+    plot_khat(
+        result.khat, folder / f"{stem}-khat.png", title=f"{run.path.name}: {split}, K={num_samples}"
+    )
+    summary["per_point_file"] = str(folder / f"{stem}.npz")
+    summary["khat_plot"] = str(folder / f"{stem}-khat.png")
+    (folder / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,149 @@
+"""Callbacks of :func:`ppvae.fit`: progress bar, metrics log, checkpoints, early stopping,
+KL warm-up.
+
+A callback subclasses :class:`Callback` and overrides any of its hooks; each receives the
+:class:`~ppvae.infer.train.TrainState` (and the step's ``info`` or the epoch's record).
+Setting ``state.stop = True`` ends training after the current epoch.
+
+Example:
+    >>> class PrintLoss(Callback):
+    ...     def on_epoch_end(self, state, record):
+    ...         print(record["epoch"], round(record["train_loss"], 1))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ppvae.checkpoint import save_checkpoint
+
+if TYPE_CHECKING:
+    from ppvae.infer.train import TrainState
+
+__all__ = [
+    "Callback",
+    "ProgressBar",
+    "MetricsLogger",
+    "Checkpointer",
+    "EarlyStopping",
+    "KLWarmup",
+]
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_start(self, state: TrainState) -> None: ...
+
+    def on_epoch_start(self, state: TrainState) -> None: ...
+
+    def on_step_start(self, state: TrainState) -> None: ...
+
+    def on_step_end(self, state: TrainState, info: dict[str, Any]) -> None: ...
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over all steps with the running loss and the last validation ELBO."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+        self._bar = None
+        self._postfix: dict[str, str] = {}
+
+    def on_train_start(self, state: TrainState) -> None:
+        from tqdm.auto import tqdm
+
+        total = state.epochs * state.steps_per_epoch
+        self._bar = tqdm(
+            total=total,
+            initial=state.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None,
+            mininterval=0.5,
+        )
+
+    def on_step_end(self, state: TrainState, info: dict[str, Any]) -> None:
+        self._bar.update(1)
+        if state.step % self.every == 0:
+            self._postfix["loss"] = f"{state.running_loss:.3f}"
+            self._bar.set_postfix(self._postfix, refresh=False)
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        self._bar.set_description(f"epoch {record['epoch']}/{state.epochs}")
+        if record.get("valid_elbo") is not None:
+            self._postfix["valid_elbo"] = f"{record['valid_elbo']:.3f}"
+        self._postfix["loss"] = f"{record['train_loss']:.3f}"
+        self._bar.set_postfix(self._postfix)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class MetricsLogger(Callback):
+    """Append each epoch's record to ``path`` as one JSON line (``metrics.jsonl``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if not state.is_main_process:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+class Checkpointer(Callback):
+    """Save ``last.pt`` after every epoch and ``best.pt`` when the monitored value improves.
+
+    The monitored value is the validation ELBO when there is validation data, else minus
+    the training loss. Files are written atomically.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if not state.is_main_process:
+            return
+        checkpoint = state.state_dict()
+        if state.best_epoch == record["epoch"]:
+            save_checkpoint(checkpoint, self.folder / "best.pt")
+        save_checkpoint(checkpoint, self.folder / "last.pt")
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored value has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if self.patience > 0 and record["epoch"] - state.best_epoch >= self.patience:
+            state.stop = True
+            record["early_stopped"] = True
+
+
+class KLWarmup(Callback):
+    """Raise ``state.kl_weight`` linearly from ``1/steps`` to 1 over ``epochs`` epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_step_start(self, state: TrainState) -> None:
+        total = self.epochs * state.steps_per_epoch
+        state.kl_weight = 1.0 if total <= 0 else min(1.0, (state.step + 1) / total)
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,642 @@
+r"""Importance-sampled estimates of :math:`\log p(x)` per data point, with diagnostics.
+
+For each data point :math:`x_i` and :math:`K` samples :math:`z_{ik} \sim q(z | x_i)` from
+the guide,
+
+.. math::
+
+    \log \hat p(x_i) = \log \frac1K \sum_{k=1}^K w_{ik}, \qquad
+    \log w_{ik} = \log p(x_i, z_{ik}) - \log q(z_{ik} | x_i),
+
+an estimator whose exponential is unbiased for :math:`p(x_i)` and which is a stochastic
+lower bound on :math:`\log p(x_i)` converging to it as :math:`K \to \infty` (Burda, Grosse
+& Salakhutdinov 2016, *Importance Weighted Autoencoders*, ICLR; the standard
+:math:`K = 5000` evaluation of deep latent variable models).
+
+The log weight of a point sums, over the sample sites of the traces, the unscaled
+:math:`\log p - \log q` of the sites inside the data plate at that point (summed over the
+event and any nested plates) plus the sum over all sites outside the data plate (global
+latents: each particle draws its own, so the estimate is of the per-point marginal
+:math:`p(x_i) = \int p(\theta) p(x_i | \theta)\,d\theta`). Latent sites of the model that
+the guide does not sample are drawn from their prior and drop out of the weight.
+
+The :math:`K` samples are drawn *vectorized*, ``chunk_size`` at a time, by running guide
+and model once inside a particle plate (left of every plate of the model, as Pyro's
+``vectorize_particles`` does). Chunks are combined with a streaming log-sum-exp (running
+maximum and rescaled sums of :math:`w` and :math:`w^2` in float64), exact and stable for
+:math:`K` up to :math:`10^6` and log weights of any magnitude.
+
+Memory: about ``batch_size x chunk_size x`` (the size of one trace: latents and network
+activations) for the traces, plus ``batch_size x min(K, max_khat_samples)`` float64 log
+weights kept for :math:`\hat k`. Defaults: ``batch_size = min(N, 128)`` and ``chunk_size``
+such that ``batch_size * chunk_size <= 2**15``.
+
+Diagnostics per point (:mod:`ppvae.infer.diagnostics`): the Kish effective sample size,
+the delta-method standard error of :math:`\log \hat p(x_i)` (both from the streaming sums,
+over all :math:`K` samples) and the PSIS Pareto :math:`\hat k` (from the first
+``min(K, max_khat_samples)`` samples, which are as random as any others).
+
+Example:
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):  # the exact posterior: every weight equals p(x)
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+    >>> result = log_marginal_likelihood(model, guide, torch.zeros(3), num_samples=100)
+    >>> result.log_px  # log N(0; 0, 2)
+    tensor([-1.2655, -1.2655, -1.2655], dtype=torch.float64)
+    >>> result.ess.round()
+    tensor([100., 100., 100.], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+from ppvae.errors import DataError, PpvaeError, SpecError
+from ppvae.infer.diagnostics import _stderr_from_ess, psis_khat
+
+__all__ = ["ImportanceResult", "log_marginal_likelihood", "DEFAULT_MAX_KHAT_SAMPLES"]
+
+#: Default number of log weights per data point kept for the PSIS k-hat.
+DEFAULT_MAX_KHAT_SAMPLES = 5000
+#: Default bound on ``batch_size * chunk_size`` (particle-points per vectorized trace).
+_DEFAULT_TRACE_POINTS = 2**15
+_DEFAULT_BATCH_SIZE = 128
+_PARTICLES = "_ppvae_particles"
+
+
+# --------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportanceResult:
+    r"""Per-data-point importance-sampling estimates (CPU float64 tensors of shape ``(N,)``).
+
+    Attributes:
+        log_px: :math:`\log \frac1K \sum_k w_k`, the estimate of :math:`\log p(x_i)`.
+        stderr: delta-method standard error of ``log_px``,
+            :math:`\sqrt{\widehat{\mathrm{var}}(w)/K} / \bar w` (NaN for :math:`K = 1`).
+        ess: Kish effective sample size :math:`(\sum_k w_k)^2 / \sum_k w_k^2`, in
+            :math:`[1, K]`.
+        khat: PSIS Pareto :math:`\hat k` (< 0.5 good, > 0.7 unreliable; NaN with fewer
+            than 21 samples).
+        num_samples: :math:`K`, importance samples per data point.
+        num_khat_samples: how many of them :math:`\hat k` was computed from.
+    """
+
+    log_px: torch.Tensor
+    stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    num_samples: int
+    num_khat_samples: int
+
+    @property
+    def num_points(self) -> int:
+        """Number of data points."""
+        return int(self.log_px.shape[0])
+
+    @property
+    def mean(self) -> float:
+        r"""Mean of :math:`\log \hat p(x_i)` over the data points (minus the test NLL)."""
+        return float(self.log_px.mean())
+
+    @property
+    def sem(self) -> float:
+        """Standard error of :attr:`mean` over the data points (NaN for one point)."""
+        n = self.num_points
+        if n < 2:
+            return float("nan")
+        return float(self.log_px.std(correction=1) / math.sqrt(n))
+
+    def to_inference_data(self):
+        """The per-point values as an :class:`arviz.InferenceData`.
+
+        They are in one custom group, ``importance``: variables ``log_px``, ``stderr``,
+        ``ess`` and ``khat`` on dimension ``data``, with attributes ``num_samples``,
+        ``num_khat_samples``, ``mean`` and ``sem``. (They are estimates per point, not
+        posterior draws, so they are not put in ArviZ's ``log_likelihood`` group.)
+
+        Example:
+            >>> import torch
+            >>> r = ImportanceResult(torch.zeros(2), torch.zeros(2), torch.ones(2),
+            ...                      torch.zeros(2), num_samples=1, num_khat_samples=1)
+            >>> r.to_inference_data().importance["log_px"].shape
+            (2,)
+        """
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # arviz's import banner
+            import arviz
+            import xarray
+
+        data = {
+            name: (("data",), getattr(self, name).detach().cpu().numpy())
+            for name in ("log_px", "stderr", "ess", "khat")
+        }
+        dataset = xarray.Dataset(
+            data,
+            coords={"data": list(range(self.num_points))},
+            attrs={
+                "num_samples": self.num_samples,
+                "num_khat_samples": self.num_khat_samples,
+                "mean": self.mean,
+                "sem": self.sem,
+            },
+        )
+        return arviz.InferenceData(importance=dataset)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImportanceResult(num_points={self.num_points}, num_samples={self.num_samples}, "
+            f"mean={self.mean:.4f}, sem={self.sem:.4f})"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Trace machinery shared with ppvae.infer.bounds
+# --------------------------------------------------------------------------------------
+
+
+class _ParticlePlate(pyro.plate):
+    """A plate over particles, left of every plate of the program.
+
+    With ``only_within`` set, only sites inside the plate of that name are replicated over
+    particles; the others (global latents) are drawn once and shared by all particles.
+    """
+
+    def __init__(self, size: int, dim: int, only_within: str | None = None) -> None:
+        super().__init__(_PARTICLES, size, dim=dim)
+        self._only_within = only_within
+
+    def _process_message(self, msg) -> None:
+        if self._only_within is not None and not any(
+            frame.name == self._only_within for frame in msg["cond_indep_stack"]
+        ):
+            return
+        super()._process_message(msg)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where things are in the batch shapes of a program's sites."""
+
+    max_plate_nesting: int  # plates of the program (without the particle plate)
+    data_dim: int  # negative dim of the data plate
+
+    @property
+    def particle_dim(self) -> int:
+        return -(self.max_plate_nesting + 1)
+
+    @property
+    def rank(self) -> int:
+        """Batch rank of a site under the particle plate."""
+        return self.max_plate_nesting + 1
+
+
+def _shape_text(args: Sequence) -> str:
+    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+    return ", ".join(str(s) for s in shapes) if shapes else "no tensors"
+
+
+@contextmanager
+def _data_errors(args: Sequence) -> Iterator[None]:
+    """Turn an error raised inside model or guide into a one-sentence DataError."""
+    try:
+        yield
+    except PpvaeError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DataError(
+            f"data of shape {_shape_text(args)} does not fit the model or guide "
+            f"({type(error).__name__}: {detail})"
+        ) from error
+
+
+def _traces(model, guide, args, kwargs, particle_plate: pyro.plate | None):
+    """Guide trace and model trace replayed on it, with log-probs computed."""
+    with particle_plate if particle_plate is not None else nullcontext():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def _nesting(traces) -> int:
+    """How many batch dims the plates (and batch shapes) of the traces' sites take,
+    not counting the particle plate."""
+    nesting = 0
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            frames = site["cond_indep_stack"]
+            particles = any(frame.name == _PARTICLES for frame in frames)
+            nesting = max(nesting, len(site["fn"].batch_shape) - particles)
+            for frame in frames:
+                if frame.vectorized and frame.dim is not None and frame.name != _PARTICLES:
+                    nesting = max(nesting, -frame.dim)
+    return nesting
+
+
+def _data_frame(traces, plate: str, args: Sequence):
+    """The frame of the data plate; a SpecError when there is none or it is mis-sized."""
+    frame = next(
+        (
+            f
+            for trace in traces
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for f in site["cond_indep_stack"]
+            if f.name == plate
+        ),
+        None,
+    )
+    if frame is None or frame.dim is None:
+        raise SpecError(
+            f"no sample site of the model or guide is inside a vectorized plate named "
+            f"{plate!r}; observe the data in pyro.plate({plate!r}, batch_size) or pass plate="
+        )
+    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim()), None)
+    if batch is not None and frame.size != batch:
+        raise SpecError(
+            f"plate {plate!r} has size {frame.size} but the batch holds {batch} data "
+            f"points; size the data plate by the batch (x.shape[0])"
+        )
+    return frame
+
+
+def _guess_nesting(model, guide, args, kwargs) -> int:
+    """Trace model and guide once, without particles, to count their plate dims (leaving
+    the random number generators as they were)."""
+    cuda = sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
+    with torch.random.fork_rng(devices=cuda), poutine.block():
+        return _nesting(_traces(model, guide, args, kwargs, None))
+
+
+def _vectorized_traces(
+    model,
+    guide,
+    args,
+    kwargs,
+    *,
+    num_particles: int,
+    plate: str,
+    nesting: int | None = None,
+    only_within: str | None = None,
+):
+    """Model and guide traces with ``num_particles`` particles in a plate left of every
+    plate of the program; returns ``(model_trace, guide_trace, layout)``.
+
+    ``nesting`` is a guess of the program's plate nesting (e.g. from the last call); it
+    is checked against the traces and re-guessed (one extra run) when wrong or ``None``.
+    """
+    for attempt in range(2):
+        if nesting is None:
+            nesting = _guess_nesting(model, guide, args, kwargs)
+        particles = _ParticlePlate(num_particles, -(nesting + 1), only_within)
+        try:
+            traces = _traces(model, guide, args, kwargs, particles)
+        except ValueError as error:
+            if attempt == 0 and "collide at dim" in str(error):
+                nesting = None
+                continue
+            raise
+        if _nesting(traces) <= nesting:
+            frame = _data_frame(traces, plate, args)
+            return (*traces, _Layout(max_plate_nesting=nesting, data_dim=frame.dim))
+        nesting = None
+    raise RuntimeError("could not place the particle plate left of the program's plates")
+
+
+def _site_log_prob(site, scaled: bool) -> torch.Tensor:
+    if scaled:
+        return site["log_prob"]
+    return scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
+
+
+def _pad(tensor: torch.Tensor, rank: int, name: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(tensor)
+    if tensor.dim() > rank:
+        raise SpecError(
+            f"site {name!r} has batch shape {tuple(tensor.shape)}, more dims than its plates "
+            f"declare; declare batch dims with pyro.plate or move them to the event "
+            f"with .to_event()"
+        )
+    return tensor.reshape((1,) * (rank - tensor.dim()) + tuple(tensor.shape))
+
+
+def _in_plate(site, name: str) -> bool:
+    return any(frame.name == name for frame in site["cond_indep_stack"])
+
+
+def _scored_sites(model_trace, guide_trace):
+    """(site, sign, is_guide) for the sites that enter the log weight."""
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if not site["is_observed"] and name not in guide_trace.nodes:
+            continue  # drawn from its prior: p / p drops out of the weight
+        yield site, 1.0, False
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            yield site, -1.0, True
+
+
+def _reduce_local(lp: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """Sum a padded log-prob over every axis but the particle and data axes: (P|1, B|1)."""
+    data_axis = layout.rank + layout.data_dim
+    axes = [a for a in range(1, layout.rank) if a != data_axis]
+    out = lp.sum(axes) if axes else lp
+    return out.reshape(lp.shape[0], lp.shape[data_axis])
+
+
+def _reduce_global(lp: torch.Tensor) -> torch.Tensor:
+    """Sum a padded log-prob over every axis but the particle axis: (P|1,)."""
+    return lp.reshape(lp.shape[0], -1).sum(-1)
+
+
+def _data_scale(model_trace, layout: _Layout, plate: str):
+    """The scale of the data-plate sites (that of an observed one, which KL warm-up leaves
+    alone): a number or a ``(B,)`` tensor."""
+    sites = [
+        site
+        for site in model_trace.nodes.values()
+        if site["type"] == "sample" and _in_plate(site, plate)
+    ]
+    sites.sort(key=lambda site: not site["is_observed"])
+    if not sites:
+        return 1.0
+    site = sites[0]
+    scale = site["scale"]
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() == 1:
+            return scale.reshape(())
+        scale = _pad(scale, layout.rank, site["name"])
+        index = [0] * layout.rank
+        index[layout.rank + layout.data_dim] = slice(None)
+        return scale[tuple(index)]
+    return float(scale)
+
+
+def _weight_terms(
+    model_trace, guide_trace, layout: _Layout, plate: str, *, scaled_globals: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-point local and global log-weight terms.
+
+    Returns ``local`` of shape ``(P|1, B|1)``: the unscaled :math:`\log p - \log q` of the
+    data-plate sites, and ``glob`` of shape ``(P|1,)``: that of the other sites (scaled
+    by their own scale when ``scaled_globals``). Shapes broadcast.
+    """
+    local = torch.zeros(1, 1)
+    glob = torch.zeros(1)
+    first = True
+    for site, sign, _ in _scored_sites(model_trace, guide_trace):
+        in_data = _in_plate(site, plate)
+        lp = _site_log_prob(site, scaled=scaled_globals and not in_data)
+        lp = _pad(lp, layout.rank, site["name"])
+        if first:
+            local, glob = local.to(lp), glob.to(lp)
+            first = False
+        if in_data:
+            local = local + sign * _reduce_local(lp, layout)
+        else:
+            glob = glob + sign * _reduce_global(lp)
+    return local, glob
+
+
+def _as_args(data) -> tuple:
+    if isinstance(data, torch.Tensor):
+        return (data,)
+    if isinstance(data, (tuple, list)):
+        return tuple(data)
+    raise DataError(
+        f"data must be a tensor or a tuple of tensors with the data points on dim 0, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _num_points(args: tuple) -> int:
+    sizes = {a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim() > 0}
+    if not sizes:
+        raise DataError(
+            f"data must hold at least one tensor with the data points on dim 0, "
+            f"got shapes {_shape_text(args)}"
+        )
+    if len(sizes) > 1:
+        raise DataError(
+            f"the data tensors disagree on the number of data points: shapes {_shape_text(args)}"
+        )
+    (n,) = sizes
+    if n == 0:
+        raise DataError("data holds no data points (dim 0 has size 0)")
+    return n
+
+
+@contextmanager
+def _eval_mode(*fns) -> Iterator[None]:
+    """Put every nn.Module among ``fns`` (and its submodules) in eval mode, then restore."""
+    saved = [
+        (module, module.training)
+        for fn in fns
+        if isinstance(fn, torch.nn.Module)
+        for module in fn.modules()
+    ]
+    try:
+        for module, _ in saved:
+            module.training = False
+        yield
+    finally:
+        for module, mode in saved:
+            module.training = mode
+
+
+def _check_positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The estimator
+# --------------------------------------------------------------------------------------
+
+
+class _Accumulator:
+    """Streaming log-sum-exp of w and w^2 per point, plus the first log weights kept."""
+
+    def __init__(self, points: int, keep: int, device) -> None:
+        dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.dtype = dtype
+        self.max = torch.full((points,), -math.inf, dtype=dtype, device=device)
+        self.sum1 = torch.zeros(points, dtype=dtype, device=device)
+        self.sum2 = torch.zeros(points, dtype=dtype, device=device)
+        self.kept = torch.empty(points, keep, dtype=dtype, device=device)
+        self.num_kept = 0
+
+    def update(self, log_w: torch.Tensor) -> None:
+        """Add a chunk of log weights of shape (chunk, points)."""
+        log_w = log_w.to(self.dtype)
+        new_max = torch.maximum(self.max, log_w.max(0).values)
+        shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        rescale = torch.exp(self.max - shift)
+        centred = log_w - shift
+        self.sum1 = self.sum1 * rescale + torch.exp(centred).sum(0)
+        self.sum2 = self.sum2 * rescale**2 + torch.exp(2 * centred).sum(0)
+        self.max = new_max
+        room = self.kept.shape[1] - self.num_kept
+        if room > 0:
+            take = log_w[:room].T
+            self.kept[:, self.num_kept : self.num_kept + take.shape[1]] = take
+            self.num_kept += take.shape[1]
+
+    def log_sum(self) -> torch.Tensor:
+        return self.max + torch.log(self.sum1)
+
+    def ess(self, num_samples: int) -> torch.Tensor:
+        ess = torch.exp(2 * torch.log(self.sum1) - torch.log(self.sum2)).clamp(1.0, num_samples)
+        return torch.where(self.sum1 > 0, ess, torch.zeros_like(ess))
+
+
+def log_marginal_likelihood(
+    model,
+    guide,
+    data,
+    *,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    plate: str = "data",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    max_khat_samples: int = DEFAULT_MAX_KHAT_SAMPLES,
+) -> ImportanceResult:
+    r"""Estimate :math:`\log p(x_i)` for every data point by importance sampling.
+
+    .. math::
+
+        \log \hat p(x_i) = \log \frac1K \sum_{k=1}^K
+            \frac{p(x_i, z_{ik})}{q(z_{ik} | x_i)}, \quad z_{ik} \sim q(\cdot | x_i)
+
+    (Burda et al. 2016). Runs under :func:`torch.no_grad` with model and guide in eval
+    mode (their previous modes are restored).
+
+    Args:
+        model, guide: Pyro programs (callables, usually ``PyroModule``) taking the batch as
+            positional arguments, with the data observed in the plate named ``plate``
+            whose size is the batch size.
+        data: a tensor, or a tuple of tensors passed as positional arguments (``None``
+            entries are passed through), with the data points on dim 0.
+        num_samples: :math:`K`, importance samples per data point.
+        batch_size: data points per trace (default ``min(N, 128)``).
+        chunk_size: samples drawn at once per trace (default: ``2**15 // batch_size``,
+            at most :math:`K`). Memory grows with ``batch_size * chunk_size``.
+        plate: name of the data plate.
+        device: device the data batches are moved to (model and guide must be there).
+        progress: show a tqdm bar over batches.
+        max_khat_samples: log weights kept per point for the PSIS :math:`\hat k` (all when
+            :math:`K` is smaller); memory ``batch_size * min(K, max_khat_samples)``.
+
+    Returns:
+        An :class:`ImportanceResult` of per-point CPU float64 tensors.
+
+    Raises:
+        DataError: when the data is empty or does not fit the model or guide.
+        SpecError: when no site is inside the data plate.
+
+    Example:
+        >>> import torch, pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def prior_guide(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> _ = torch.manual_seed(0)
+        >>> r = log_marginal_likelihood(model, prior_guide, torch.zeros(4), num_samples=2000)
+        >>> bool(((r.log_px + 1.2655).abs() < 4 * r.stderr).all())
+        True
+    """
+    _check_positive("num_samples", num_samples)
+    _check_positive("batch_size", batch_size, allow_none=True)
+    _check_positive("chunk_size", chunk_size, allow_none=True)
+    _check_positive("max_khat_samples", max_khat_samples)
+    args = _as_args(data)
+    n = _num_points(args)
+    batch_size = min(n, batch_size or _DEFAULT_BATCH_SIZE)
+    if chunk_size is None:
+        chunk_size = max(1, _DEFAULT_TRACE_POINTS // batch_size)
+    chunk_size = min(chunk_size, num_samples)
+    keep = min(num_samples, max_khat_samples)
+
+    from tqdm.auto import tqdm
+
+    outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "ess": [], "khat": []}
+    layout = None
+    starts = range(0, n, batch_size)
+    with torch.no_grad(), _eval_mode(model, guide):
+        for start in tqdm(starts, disable=not progress, desc="log p(x)", unit="batch"):
+            batch = tuple(
+                a[start : start + batch_size].to(device)
+                if isinstance(a, torch.Tensor) and a.dim() > 0
+                else a
+                for a in args
+            )
+            points = min(batch_size, n - start)
+            with _data_errors(batch):
+                acc = None
+                for c0 in range(0, num_samples, chunk_size):
+                    chunk = min(chunk_size, num_samples - c0)
+                    model_trace, guide_trace, layout = _vectorized_traces(
+                        model,
+                        guide,
+                        batch,
+                        {},
+                        num_particles=chunk,
+                        plate=plate,
+                        nesting=None if layout is None else layout.max_plate_nesting,
+                    )
+                    local, glob = _weight_terms(
+                        model_trace, guide_trace, layout, plate, scaled_globals=False
+                    )
+                    log_w = (local + glob[:, None]).expand(chunk, points)
+                    if acc is None:
+                        acc = _Accumulator(points, keep, log_w.device)
+                    acc.update(log_w)
+            outputs["log_px"].append((acc.log_sum() - math.log(num_samples)).cpu().double())
+            outputs["ess"].append(acc.ess(num_samples).cpu().double())
+            outputs["khat"].append(psis_khat(acc.kept[:, : acc.num_kept].cpu()))
+    ess = torch.cat(outputs["ess"])
+    return ImportanceResult(
+        log_px=torch.cat(outputs["log_px"]),
+        stderr=_stderr_from_ess(ess, num_samples),
+        ess=ess,
+        khat=torch.cat(outputs["khat"]).double(),
+        num_samples=num_samples,
+        num_khat_samples=keep,
+    )

@@ -1,0 +1,154 @@
+r"""The variational autoencoder as a pair of Pyro programs (Kingma & Welling 2014).
+
+Model: :math:`z_n \sim p(z)`, :math:`x_n | z_n \sim p(x | f_\theta(z_n))`;
+guide: :math:`z_n \sim q_\phi(z | x_n)`, both inside the plate ``"data"``. The prior,
+the guide's distribution and the likelihood are pluggable modules (see
+:mod:`ppvae.priors`, :mod:`ppvae.guides`, :mod:`ppvae.likelihoods`); the decoder is an
+MLP.
+
+Example:
+    >>> import torch
+    >>> from ppvae.models.vae import build_vae
+    >>> model, guide = build_vae(data_dim=6, latent_dim=2, hidden=(16,))
+    >>> from ppvae.infer.objectives import build_objective
+    >>> loss = build_objective("elbo")(model, guide, torch.ones(5, 6))
+    >>> loss.shape, bool(loss > 0)
+    (torch.Size([]), True)
+    >>> model.generate(3).shape
+    torch.Size([3, 6])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppvae.context import BuildContext
+from ppvae.errors import SpecError
+from ppvae.models.base import MODELS, ModelConfig
+from ppvae.nn import MLP
+
+__all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae"]
+
+
+class VAE(PyroModule):
+    """The generative model :math:`p(z) p(x|z)`.
+
+    Args:
+        prior: module returning :math:`p(z)` (event shape ``(latent_dim,)``).
+        decoder: network from ``z`` to likelihood parameters.
+        likelihood: module mapping decoder outputs to :math:`p(x|z)`.
+    """
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: nn.Module) -> None:
+        super().__init__()
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        return z
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """Expected data :math:`E[x | z]` for ``n`` draws :math:`z \\sim p(z)`."""
+        z = self.prior().sample((n,))
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, guide: VAEGuide) -> torch.Tensor:
+        """Expected data :math:`E[x | z]` at the guide's mean of :math:`q(z|x)`."""
+        return self.likelihood.mean(self.decoder(guide.posterior(x).mean))
+
+
+class VAEGuide(PyroModule):
+    """The amortized guide :math:`q(z|x)`; ``posterior(x)`` returns the distribution."""
+
+    def __init__(self, posterior: nn.Module) -> None:
+        super().__init__()
+        self.posterior = posterior
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", self.posterior(x))
+
+
+def build_vae(
+    data_dim: int,
+    latent_dim: int,
+    hidden: Sequence[int] = (256,),
+    activation: str = "relu",
+    *,
+    prior="standard_normal",
+    guide="diagonal_normal",
+    likelihood="bernoulli",
+) -> tuple[VAE, VAEGuide]:
+    """A VAE model/guide pair from component kinds (names or config objects)."""
+    from ppvae.guides import GUIDES
+    from ppvae.likelihoods import LIKELIHOODS
+    from ppvae.priors import PRIORS
+
+    ctx = BuildContext(
+        data_dim=data_dim, latent_dim=latent_dim, hidden=tuple(hidden), activation=activation
+    )
+    prior_cfg = PRIORS.get(prior)() if isinstance(prior, str) else prior
+    guide_cfg = GUIDES.get(guide)() if isinstance(guide, str) else guide
+    lik_cfg = LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood
+    lik = lik_cfg.build(ctx)
+    decoder = MLP(
+        latent_dim, tuple(reversed(ctx.hidden)), data_dim * lik.params_per_dim, activation
+    )
+    return VAE(prior_cfg.build(ctx), decoder, lik), VAEGuide(guide_cfg.build(ctx))
+
+
+def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> None:
+    if latent_dim < 1:
+        raise SpecError(f"model.latent_dim must be at least 1, got {latent_dim}")
+    if any(h < 1 for h in hidden):
+        raise SpecError(f"model.hidden sizes must be at least 1, got {list(hidden)}")
+
+
+@MODELS.register("vae")
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    """A VAE with MLP encoder and decoder of the given hidden sizes."""
+
+    latent_dim: int = 10
+    hidden: tuple[int, ...] = (256,)
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        _check_sizes(self.latent_dim, self.hidden)
+        from ppvae.nn import make_activation
+
+        make_activation(self.activation)
+
+    def build(self, spec, data) -> tuple[VAE, VAEGuide]:
+        spec.likelihood.check_data(
+            data.train.x, binarized=data.binarize != "none", where=f"the {data.name} training data"
+        )
+        ctx = BuildContext(
+            data_dim=data.dim,
+            latent_dim=self.latent_dim,
+            hidden=self.hidden,
+            activation=self.activation,
+            num_classes=data.num_classes,
+            image_shape=data.image_shape,
+        )
+        return build_vae(
+            ctx.data_dim,
+            ctx.latent_dim,
+            ctx.hidden,
+            ctx.activation,
+            prior=spec.prior,
+            guide=spec.guide,
+            likelihood=spec.likelihood,
+        )

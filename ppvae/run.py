@@ -1,0 +1,230 @@
+"""Run folders: train a spec into a folder, and load a trained run back.
+
+A run folder holds::
+
+    spec.toml               the resolved spec (every key, defaults included)
+    metrics.jsonl           one JSON record per epoch
+    checkpoints/last.pt     the training state after the last epoch
+    checkpoints/best.pt     the state at the best validation ELBO
+    figures/curves.png      training and validation curves
+    figures/samples.png     decoded samples from the prior (image data)
+    figures/reconstructions.png   test data above its reconstructions (image data)
+
+:func:`train_spec` never overwrites a non-empty folder unless ``force=True``, and even then
+only a folder that holds a ppvae run.
+
+Example:
+    >>> import tempfile
+    >>> from ppvae.spec import parse_spec
+    >>> spec = parse_spec({"data": {"binarize": "dynamic", "limit": 200},
+    ...                    "model": {"latent_dim": 2, "hidden": [16]},
+    ...                    "train": {"epochs": 1, "progress": False}})
+    >>> run, history = train_spec(spec, tempfile.mkdtemp() + "/run")
+    >>> sorted(p.name for p in run.path.iterdir())
+    ['checkpoints', 'figures', 'metrics.jsonl', 'spec.toml']
+    >>> load_run(run.path).spec == spec
+    True
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppvae.checkpoint import load_checkpoint
+from ppvae.data import DataBundle, Split
+from ppvae.errors import CheckpointError, RunDirError
+from ppvae.infer.train import History, fit, resolve_device
+from ppvae.report import plot_curves, save_image_grid, save_reconstructions
+from ppvae.spec import Spec, dump_spec, load_spec
+
+__all__ = [
+    "Run",
+    "build",
+    "train_spec",
+    "load_run",
+    "default_run_dir",
+    "model_inputs",
+    "write_figures",
+]
+
+SPEC_FILE = "spec.toml"
+
+
+@dataclass
+class Run:
+    """A model/guide pair with its spec, data and folder."""
+
+    path: Path
+    spec: Spec
+    data: DataBundle
+    model: nn.Module
+    guide: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        for p in [*self.model.parameters(), *self.guide.parameters()]:
+            return p.device
+        return torch.device("cpu")
+
+
+def build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
+    """Load the spec's data and build its model/guide pair."""
+    data = spec.data.load()
+    model, guide = spec.model.build(spec, data)
+    return data, model, guide
+
+
+def model_inputs(spec: Spec, split: Split) -> tuple[torch.Tensor, ...]:
+    """The tensors a spec's model takes for ``split`` (``(x,)`` unless the model says)."""
+    inputs = getattr(spec.model, "inputs", None)
+    return inputs(split) if inputs is not None else (split.x,)
+
+
+def default_run_dir(spec_path: str | Path, root: str | Path = "runs") -> Path:
+    """``runs/<spec name>``, or ``runs/<spec name>-2``, ``-3``... if that one is taken."""
+    stem = Path(spec_path).stem
+    root = Path(root)
+    candidate, i = root / stem, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        i += 1
+        candidate = root / f"{stem}-{i}"
+    return candidate
+
+
+def _prepare_dir(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run folder {str(path)!r} is a file; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise RunDirError(
+                f"run folder {str(path)!r} exists and is not empty; pass --force to replace it "
+                "or choose another --out"
+            )
+        if not (path / SPEC_FILE).is_file():
+            raise RunDirError(
+                f"refusing to replace {str(path)!r}: it is not a ppvae run folder (no {SPEC_FILE})"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def train_spec(
+    spec: Spec,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> tuple[Run, History]:
+    """Train ``spec`` into ``out_dir`` and write its figures.
+
+    ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt``; the
+    spec must be the one the run was started with.
+    """
+    out = Path(out_dir)
+    resume_from = None
+    if resume:
+        resume_from = out / "checkpoints" / "last.pt"
+        checkpoint = load_checkpoint(resume_from)
+        if checkpoint.get("spec_digest") != spec.digest():
+            raise CheckpointError(
+                f"checkpoint {str(resume_from)!r} was written by a different spec; resume with the "
+                f"run's own {SPEC_FILE}"
+            )
+    else:
+        _prepare_dir(out, force)
+        (out / SPEC_FILE).write_text(dump_spec(spec))
+    data, model, guide = build(spec)
+    t = spec.train
+    history = fit(
+        model,
+        guide,
+        model_inputs(spec, data.train),
+        objective=spec.objective,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        valid_data=model_inputs(spec, data.valid),
+        device=t.device,
+        seed=t.seed,
+        out_dir=out,
+        optimizer=t.optimizer,
+        weight_decay=t.weight_decay,
+        clip_norm=t.clip_norm,
+        kl_warmup_epochs=t.kl_warmup_epochs,
+        early_stopping=t.early_stopping,
+        on_nan=t.on_nan,
+        progress=t.progress if progress is None else progress,
+        train_transform=data.train_transform,
+        spec=spec.to_dict(),
+        spec_digest=spec.digest(),
+        resume_from=resume_from,
+    )
+    run = Run(out, spec, data, model, guide)
+    _load_weights(run, "best")
+    write_figures(run, history.records)
+    return run, history
+
+
+def _load_weights(run: Run, which: str) -> dict[str, Any]:
+    path = run.path / "checkpoints" / f"{which}.pt"
+    checkpoint = load_checkpoint(path, map_location=run.device)
+    try:
+        run.model.load_state_dict(checkpoint["model"])
+        run.guide.load_state_dict(checkpoint["guide"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match the model of {SPEC_FILE} ({err.__class__.__name__})"
+        ) from None
+    return checkpoint
+
+
+def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -> Run:
+    """Rebuild a trained run from its folder: spec, data, and the ``which`` weights."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(f"run folder {str(path)!r} does not exist")
+    if not (path / SPEC_FILE).is_file():
+        raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {SPEC_FILE}")
+    spec = load_spec(path / SPEC_FILE)
+    data, model, guide = build(spec)
+    dev = resolve_device(device)
+    model.to(dev)
+    guide.to(dev)
+    run = Run(path, spec, data, model, guide)
+    _load_weights(run, which)
+    model.eval()
+    guide.eval()
+    return run
+
+
+def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write curves, samples and reconstructions into ``run.path / "figures"``."""
+    figures = run.path / "figures"
+    figures.mkdir(exist_ok=True)
+    written = []
+    if records:
+        plot_curves(records, figures / "curves.png")
+        written.append(figures / "curves.png")
+    shape = run.data.image_shape
+    if shape is None:
+        return written
+    generator = torch.Generator().manual_seed(run.spec.train.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.spec.train.seed)
+        if hasattr(run.model, "generate"):
+            save_image_grid(run.model.generate(64).cpu(), shape, figures / "samples.png")
+            written.append(figures / "samples.png")
+        if hasattr(run.model, "reconstruct"):
+            idx = torch.randperm(len(run.data.test), generator=generator)[:32]
+            x = run.data.test.x[idx].to(run.device)
+            recon = run.model.reconstruct(x, run.guide).cpu()
+            save_reconstructions(x.cpu(), recon, shape, figures / "reconstructions.png")
+            written.append(figures / "reconstructions.png")
+    return written

@@ -1,0 +1,357 @@
+r"""Model specs: TOML files parsed once into frozen, validated dataclasses.
+
+A spec has the sections ``[data]``, ``[model]``, ``[prior]``, ``[guide]``,
+``[likelihood]``, ``[objective]`` (each picks an implementation with ``kind`` and takes
+that implementation's own keys beside it), ``[train]`` and ``[evaluate]``. A missing
+section or ``kind`` takes its default. ``--set section.key=value`` overrides are parsed
+as TOML values and checked against the same types; unknown sections, keys and kinds are
+refused with the list of allowed ones.
+
+Example:
+    >>> spec = parse_spec({"model": {"latent_dim": 4}}, overrides=["train.epochs=2", "objective.num_particles=3"])
+    >>> spec.model.latent_dim, spec.train.epochs, spec.objective.kind, spec.objective.num_particles
+    (4, 2, 'elbo', 3)
+    >>> parse_spec({"prior": {"kind": "nope"}})
+    Traceback (most recent call last):
+    ...
+    ppvae.errors.SpecError: unknown prior kind 'nope' in [prior]; allowed: standard_normal
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from ppvae.data import DATASETS, DataConfig
+from ppvae.errors import SpecError
+from ppvae.guides import GUIDES, GuideConfig
+from ppvae.infer.objectives import OBJECTIVES, ObjectiveConfig
+from ppvae.likelihoods import LIKELIHOODS, LikelihoodConfig
+from ppvae.models import MODELS, ModelConfig
+from ppvae.priors import PRIORS, PriorConfig
+from ppvae.registry import Registry
+
+__all__ = [
+    "Spec",
+    "TrainConfig",
+    "EvaluateConfig",
+    "load_spec",
+    "parse_spec",
+    "parse_override",
+    "apply_overrides",
+    "dump_spec",
+    "SECTIONS",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` section: how :func:`ppvae.fit` runs.
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size: data points per step.
+        lr: learning rate.
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        weight_decay: L2 penalty (decoupled for adamw).
+        clip_norm: clip the global gradient norm to this value (0: off).
+        kl_warmup_epochs: scale the latent terms by a weight rising linearly from 0 to 1
+            over this many epochs (0: off; ELBO objectives only).
+        early_stopping: stop after this many epochs without a better validation ELBO
+            (0: off).
+        seed: seed of every random number generator the run uses.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        on_nan: ``stop`` (raise, naming epoch and step) or ``skip`` (drop the step).
+        progress: show a progress bar.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0
+    kl_warmup_epochs: int = 0
+    early_stopping: int = 0
+    seed: int = 0
+    device: str = "auto"
+    on_nan: Literal["stop", "skip"] = "stop"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise SpecError(f"train.lr must be positive, got {self.lr}")
+        for key in ("weight_decay", "clip_norm", "kl_warmup_epochs", "early_stopping"):
+            if getattr(self, key) < 0:
+                raise SpecError(f"train.{key} must be non-negative, got {getattr(self, key)}")
+        _check_device(self.device, "train.device")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The ``[evaluate]`` section: defaults of ``ppvae evaluate``.
+
+    Attributes:
+        split: ``train``, ``valid`` or ``test``.
+        num_samples: importance samples per data point.
+        batch_size: data points per batch.
+    """
+
+    split: Literal["train", "valid", "test"] = "test"
+    num_samples: int = 1000
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for key in ("num_samples", "batch_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"evaluate.{key} must be at least 1, got {getattr(self, key)}")
+
+
+def _check_device(device: str, where: str) -> None:
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
+        raise SpecError(f"{where} must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+#: Swappable sections: name -> (registry, default kind).
+SECTIONS: dict[str, tuple[Registry, str]] = {
+    "data": (DATASETS, "digits"),
+    "model": (MODELS, "vae"),
+    "prior": (PRIORS, "standard_normal"),
+    "guide": (GUIDES, "diagonal_normal"),
+    "likelihood": (LIKELIHOODS, "bernoulli"),
+    "objective": (OBJECTIVES, "elbo"),
+}
+#: Plain sections: name -> options class.
+_PLAIN: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig}
+_ORDER = [*SECTIONS, *_PLAIN]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A resolved, validated spec. ``spec.to_dict()`` gives the TOML-ready form."""
+
+    data: DataConfig = field(default_factory=lambda: DATASETS.get("digits")())
+    model: ModelConfig = field(default_factory=lambda: MODELS.get("vae")())
+    prior: PriorConfig = field(default_factory=lambda: PRIORS.get("standard_normal")())
+    guide: GuideConfig = field(default_factory=lambda: GUIDES.get("diagonal_normal")())
+    likelihood: LikelihoodConfig = field(default_factory=lambda: LIKELIHOODS.get("bernoulli")())
+    objective: ObjectiveConfig = field(default_factory=lambda: OBJECTIVES.get("elbo")())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every section with every key (defaults included), ``kind`` first."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in _ORDER:
+            cfg = getattr(self, name)
+            values = {k: _plain(v) for k, v in dataclasses.asdict(cfg).items()}
+            out[name] = {"kind": cfg.kind, **values} if name in SECTIONS else values
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved spec (key order independent)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def replace(self, **sections: Any) -> Spec:
+        """A copy with whole sections replaced."""
+        return dataclasses.replace(self, **sections)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}s"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the field's type."""
+    origin = typing.get_origin(tp)
+    bad = SpecError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if isinstance(value, bool) or value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(value, option, where)
+            except SpecError:
+                continue
+        raise SpecError(
+            f"{where} must be {' or '.join(_type_name(o) for o in options)}, got {value!r}"
+        )
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(v, inner, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported option type {tp!r} at {where}")  # a bug in a config class
+
+
+def _build_section(name: str, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise SpecError(f"[{name}] must be a table of keys, got {values!r}")
+    values = dict(values)
+    if name in SECTIONS:
+        registry, default = SECTIONS[name]
+        kind = values.pop("kind", default)
+        cls = registry.get(kind, where=f"[{name}]")
+        label = f"[{name}] (kind {kind!r})"
+    else:
+        if "kind" in values:
+            raise SpecError(
+                f"[{name}] takes no kind key; allowed keys: {', '.join(_field_names(_PLAIN[name]))}"
+            )
+        cls = _PLAIN[name]
+        label = f"[{name}]"
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            allowed = ", ".join((["kind"] if name in SECTIONS else []) + sorted(fields)) or "kind"
+            raise SpecError(f"unknown key {key!r} in {label}; allowed: {allowed}")
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def _field_names(cls: type) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(cls) if f.init)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split ``section.key=value`` and parse the value as TOML (bare words are strings).
+
+    >>> parse_override("train.epochs=3"), parse_override("prior.kind=vamp")
+    (('train', 'epochs', 3), ('prior', 'kind', 'vamp'))
+    >>> parse_override("model.hidden=[400, 400]")
+    ('model', 'hidden', [400, 400])
+    """
+    if "=" not in text:
+        raise SpecError(f"override {text!r} must look like section.key=value")
+    target, raw = text.split("=", 1)
+    parts = target.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise SpecError(f"override {text!r} must name section.key before '=', e.g. train.epochs=5")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of the raw spec dictionary with ``section.key=value`` overrides applied.
+
+    Changing a section's ``kind`` drops the keys the new kind does not take (they belonged
+    to the old one); keys given explicitly by overrides are always kept and checked.
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    explicit: dict[str, set[str]] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in _ORDER:
+            raise SpecError(
+                f"unknown section {section!r} in override {text!r}; allowed: {', '.join(_ORDER)}"
+            )
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise SpecError(f"[{section}] must be a table of keys, got {table!r}")
+        table[key] = value
+        explicit.setdefault(section, set()).add(key)
+    for section, keys in explicit.items():
+        if "kind" in keys and section in SECTIONS:
+            registry, _default = SECTIONS[section]
+            cls = registry.get(out[section]["kind"], where=f"[{section}]")
+            accepted = {f.name for f in dataclasses.fields(cls)} | {"kind"}
+            out[section] = {k: v for k, v in out[section].items() if k in accepted or k in keys}
+    return out
+
+
+def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """A validated :class:`Spec` from a TOML-like dictionary and ``--set`` overrides."""
+    if not isinstance(raw, dict):
+        raise SpecError("a spec must be a table of sections")
+    raw = apply_overrides(raw, overrides)
+    unknown = [k for k in raw if k not in _ORDER]
+    if unknown:
+        raise SpecError(f"unknown section [{unknown[0]}]; allowed: {', '.join(_ORDER)}")
+    sections = {name: _build_section(name, raw[name]) for name in _ORDER if name in raw}
+    spec = Spec(**sections)
+    _check_combination(spec)
+    return spec
+
+
+def _check_combination(spec: Spec) -> None:
+    """Refuse combinations of sections that cannot work together."""
+    if spec.train.kl_warmup_epochs and spec.objective.kind not in ("elbo", "meanfield_elbo"):
+        raise SpecError(
+            f"train.kl_warmup_epochs needs an ELBO objective (elbo or meanfield_elbo), "
+            f"not {spec.objective.kind!r}; set train.kl_warmup_epochs = 0"
+        )
+    check = getattr(spec.model, "check_spec", None)
+    if check is not None:
+        check(spec)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read and validate a TOML spec file, applying ``section.key=value`` overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(
+            f"spec file {str(path)!r} cannot be read ({err.__class__.__name__})"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"spec file {str(path)!r} is not valid TOML: {err}") from None
+    return parse_spec(raw, overrides)
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as TOML text (every key, defaults included)."""
+    return tomli_w.dumps(spec.to_dict())
