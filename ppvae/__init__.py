@@ -1,3 +1,54 @@
-"""ppvae: deep latent variable models written as Pyro programs."""
+"""ppvae: deep latent variable models written as Pyro programs.
+
+Write a model ``p(z) p(x|z)`` and an amortized guide ``q(z|x)`` as ordinary Pyro programs
+(``nn.Module``\\ s whose ``forward`` calls ``pyro.sample``, data in the plate ``"data"``);
+ppvae trains them (:func:`fit`), estimates ``log p(x)`` per data point by importance
+sampling with diagnostics (:func:`log_marginal_likelihood`), and runs declarative specs
+of its model zoo (:func:`load_spec`, :func:`train_spec`, the ``ppvae`` command).
+"""
+
+from ppvae.data import DATASETS, DataBundle, load_data
+from ppvae.errors import (
+    CheckpointError,
+    DataError,
+    PpvaeError,
+    PpvaeWarning,
+    RunDirError,
+    SpecError,
+    TrainingError,
+)
+from ppvae.infer.callbacks import Callback
+from ppvae.infer.importance import ImportanceResult, log_marginal_likelihood
+from ppvae.infer.objectives import OBJECTIVES, Objective, build_objective
+from ppvae.infer.train import History, fit
+from ppvae.run import Run, load_run, train_spec
+from ppvae.spec import Spec, load_spec, parse_spec
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "fit",
+    "History",
+    "Callback",
+    "log_marginal_likelihood",
+    "ImportanceResult",
+    "Objective",
+    "OBJECTIVES",
+    "build_objective",
+    "load_data",
+    "DATASETS",
+    "DataBundle",
+    "Spec",
+    "load_spec",
+    "parse_spec",
+    "train_spec",
+    "load_run",
+    "Run",
+    "PpvaeError",
+    "SpecError",
+    "DataError",
+    "CheckpointError",
+    "RunDirError",
+    "TrainingError",
+    "PpvaeWarning",
+]

@@ -14,7 +14,7 @@ from ppvae.errors import PpvaeError
 
 def _write(path: Path, data: bytes) -> Path:
     if path.suffix == ".gz":
-        data = gzip.compress(data)
+        data = gzip.compress(data, compresslevel=1)
     path.write_bytes(data)
     return path
 

@@ -16,7 +16,7 @@ MNIST_TRAIN_CLASS_COUNTS = [1250, 1409, 1216, 1288, 1234, 1082, 1255, 1330, 1178
 
 
 @pytest.fixture(scope="module", autouse=True)
-def data_dir() -> str:
+def _require_data_dir() -> str:
     root = os.environ.get("PPVAE_DATA_DIR", "")
     if not root:
         pytest.skip(
