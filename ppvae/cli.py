@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model spec into a run folder")
-    p.add_argument("spec", help="a TOML spec, e.g. models/vae.toml")
+    p.add_argument("spec", nargs="?", help="a TOML spec, e.g. models/vae.toml")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (--set train.epochs=N extends it)",
+    )
     p.add_argument("--out", help="run folder (default: runs/<spec name>, numbered if taken)")
     p.add_argument(
         "--set",
@@ -70,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ppvae.errors import RunDirError
     from ppvae.run import default_run_dir, train_spec
     from ppvae.spec import load_spec
 
@@ -78,11 +84,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    spec = load_spec(args.spec, overrides)
-    out = Path(args.out) if args.out else default_run_dir(args.spec)
-    run, history = train_spec(
-        spec, out, force=args.force, progress=False if args.no_progress else None
-    )
+    progress = False if args.no_progress else None
+    if args.resume is not None:
+        if args.spec is not None or args.out is not None or args.force:
+            raise RunDirError(
+                "--resume RUN_DIR takes no SPEC, --out or --force: the run folder has its spec"
+            )
+        out = Path(args.resume)
+        if not (out / "spec.toml").is_file():
+            raise RunDirError(
+                f"cannot resume {str(out)!r}: it is not a ppvae run folder (no spec.toml)"
+            )
+        spec = load_spec(out / "spec.toml", overrides)
+        run, history = train_spec(spec, out, resume=True, progress=progress)
+    else:
+        if args.spec is None:
+            raise RunDirError("ppvae train needs a SPEC file (or --resume RUN_DIR)")
+        spec = load_spec(args.spec, overrides)
+        out = Path(args.out) if args.out else default_run_dir(args.spec)
+        run, history = train_spec(spec, out, force=args.force, progress=progress)
     last = history.records[-1]
     best = max(
         (r for r in history.records if r.get("valid_elbo") is not None),

@@ -28,11 +28,14 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 from torch import nn
 
@@ -74,8 +77,10 @@ class Run:
 
 
 def build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
-    """Load the spec's data and build its model/guide pair."""
+    """Load the spec's data and build its model/guide pair, with weights initialized from
+    ``spec.train.seed`` (the same spec builds the same initial weights in any process)."""
     data = spec.data.load()
+    pyro.set_rng_seed(spec.train.seed)
     model, guide = spec.model.build(spec, data)
     return data, model, guide
 
@@ -137,6 +142,12 @@ def train_spec(
                 f"checkpoint {str(resume_from)!r} was written by a different spec; resume with the "
                 f"run's own {SPEC_FILE}"
             )
+        _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
+        # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
+        # line and the checkpoint must not leave a record of an epoch that is redone.
+        _write_atomic(
+            out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in checkpoint["history"])
+        )
     else:
         _prepare_dir(out, force)
         (out / SPEC_FILE).write_text(dump_spec(spec))
@@ -170,6 +181,12 @@ def train_spec(
     _load_weights(run, "best")
     write_figures(run, history.records)
     return run, history
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _load_weights(run: Run, which: str) -> dict[str, Any]:

@@ -137,6 +137,8 @@ SECTIONS: dict[str, tuple[Registry, str]] = {
 #: Plain sections: name -> options class.
 _PLAIN: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig}
 _ORDER = [*SECTIONS, *_PLAIN]
+#: ``[train]`` keys a resumed run may change (they do not alter its trajectory).
+_RESUMABLE_TRAIN_KEYS = ("epochs", "progress")
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,13 @@ class Spec:
         return out
 
     def digest(self) -> str:
-        """SHA-256 of the resolved spec (key order independent)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """SHA-256 of the resolved spec (key order independent), leaving out the keys
+        that may change when a run is resumed (``train.epochs``, ``train.progress``)."""
+        values = self.to_dict()
+        values["train"] = {
+            k: v for k, v in values["train"].items() if k not in _RESUMABLE_TRAIN_KEYS
+        }
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def replace(self, **sections: Any) -> Spec:
