@@ -103,6 +103,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, overrides)
         out = Path(args.out) if args.out else default_run_dir(args.spec)
         run, history = train_spec(spec, out, force=args.force, progress=progress)
+    from ppvae.distributed import is_main_process
+
+    if not is_main_process():
+        return 0
     last = history.records[-1]
     best = max(
         (r for r in history.records if r.get("valid_elbo") is not None),

@@ -33,17 +33,23 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
+import torch.nn.functional as F
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
+from torch import nn
 
 from ppvae.context import BuildContext
+from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import SpecError
+from ppvae.nn import MLP, make_activation
 
 __all__ = [
     "FlowDistribution",
+    "FlowEncoder",
     "made",
     "flow_hidden_sizes",
     "check_flow_options",
@@ -141,3 +147,57 @@ def check_count_bins(section: str, count_bins: int) -> None:
     """Splines need at least two bins."""
     if count_bins < 2:
         raise SpecError(f"{section}.count_bins must be at least 2, got {count_bins}")
+
+
+#: ``make_step(step, context_dim)`` -> one conditional transform module.
+StepFactory = Callable[[int, int], nn.Module]
+
+
+class FlowEncoder(nn.Module):
+    r"""Features :math:`h(x)` (the activated last hidden layer of an MLP; ``x`` itself
+    without hidden layers), a diagonal Gaussian :math:`N(\mu(h), \sigma(h)^2)` and flow
+    steps conditioned on :math:`h`.
+
+    With ``standard_base=False`` the flow moves the Gaussian, :math:`z = T_K \circ \dots
+    \circ T_1(\mu + \sigma \epsilon)` (IAF, planar, radial: Kingma et al. 2016; Rezende &
+    Mohamed 2015); with ``True`` it moves :math:`\epsilon \sim N(0, I)` and the Gaussian's
+    affine map comes last, :math:`z = \mu + \sigma \odot T(\epsilon)` (splines, which act
+    on :math:`[-3, 3]`). Returns a :class:`~ppvae.flows.FlowDistribution`.
+    """
+
+    def __init__(
+        self,
+        ctx: BuildContext,
+        make_step: StepFactory,
+        num_steps: int,
+        min_scale: float,
+        *,
+        standard_base: bool = False,
+    ) -> None:
+        super().__init__()
+        self.latent_dim, self.min_scale, self.standard_base = (
+            ctx.latent_dim,
+            min_scale,
+            standard_base,
+        )
+        if ctx.hidden:
+            *inner, last = ctx.hidden
+            body = MLP(ctx.data_dim, inner, last, ctx.activation)
+            self.features = nn.Sequential(body, make_activation(ctx.activation))
+            self.context_dim = last
+        else:
+            self.features, self.context_dim = nn.Identity(), ctx.data_dim
+        self.head = nn.Linear(self.context_dim, 2 * ctx.latent_dim)
+        self.flows = nn.ModuleList(make_step(i, self.context_dim) for i in range(num_steps))
+
+    def forward(self, x: torch.Tensor) -> FlowDistribution:
+        h = self.features(x)
+        loc, raw = self.head(h).split(self.latent_dim, dim=-1)
+        scale = F.softplus(raw) + self.min_scale
+        transforms = [flow.condition(h) for flow in self.flows]
+        if self.standard_base:
+            base = ReparamDiagonalNormal(torch.zeros_like(loc), torch.ones_like(scale))
+            transforms.append(T.AffineTransform(loc, scale, event_dim=1))
+        else:
+            base = ReparamDiagonalNormal(loc, scale)
+        return FlowDistribution(base, transforms)

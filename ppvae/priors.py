@@ -223,11 +223,11 @@ class VampPrior(PriorConfig):
     r"""The VampPrior (Tomczak & Welling 2018), :math:`p(z) = \frac1C \sum_c q_\phi(z|u_c)`,
     a uniform mixture of the guide's posteriors at :math:`C` learned pseudo-inputs.
 
-    The prior holds the guide's posterior network itself (one set of weights, trained by
-    both terms of the ELBO), so it needs an amortized guide whose density can be
-    evaluated at any ``z`` (not ``planar`` or ``radial``). The pseudo-inputs start at
-    :math:`N(0.05, 0.01^2)` draws per feature, as in the authors' MNIST code, and are
-    unconstrained.
+    In a VAE the prior holds the guide's posterior network itself (one set of weights,
+    trained by both terms of the ELBO; ``needs_posterior``), so it needs an amortized
+    guide whose density can be evaluated at any ``z`` (not ``planar`` or ``radial``).
+    The pseudo-inputs start at :math:`N(0.05, 0.01^2)` draws per feature, as in the
+    authors' MNIST code, and are unconstrained.
 
     Attributes:
         num_pseudo_inputs: :math:`C`.
@@ -243,11 +243,14 @@ class VampPrior(PriorConfig):
             )
 
     def build(self, ctx: BuildContext, posterior: nn.Module | None = None) -> nn.Module:
+        """The prior on ``posterior`` (the guide's network, as
+        :func:`~ppvae.models.vae.build_vae` passes it). Built alone, without one, it makes
+        its own diagonal-normal encoder from ``ctx`` (a VampPrior whose encoder is not
+        shared with any guide)."""
         if posterior is None:
-            raise SpecError(
-                "the vamp prior needs the guide's posterior network; build the model with "
-                "ppvae.models.vae.build_vae, which passes it"
-            )
+            from ppvae.guides import DiagonalNormalEncoder
+
+            posterior = DiagonalNormalEncoder(ctx, min_scale=1e-4)
         return _Vamp(posterior, ctx, self.num_pseudo_inputs)
 
 

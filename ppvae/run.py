@@ -39,6 +39,7 @@ import pyro
 import torch
 from torch import nn
 
+from ppvae import distributed
 from ppvae.checkpoint import load_checkpoint
 from ppvae.data import DataBundle, Split
 from ppvae.errors import CheckpointError, RunDirError
@@ -102,7 +103,8 @@ def default_run_dir(spec_path: str | Path, root: str | Path = "runs") -> Path:
     return candidate
 
 
-def _prepare_dir(path: Path, force: bool) -> None:
+def _check_dir(path: Path, force: bool) -> None:
+    """Refuse a run folder that would be overwritten (reads only: every process checks)."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run folder {str(path)!r} is a file; choose another --out")
     if path.is_dir() and any(path.iterdir()):
@@ -115,6 +117,11 @@ def _prepare_dir(path: Path, force: bool) -> None:
             raise RunDirError(
                 f"refusing to replace {str(path)!r}: it is not a ppvae run folder (no {SPEC_FILE})"
             )
+
+
+def _prepare_dir(path: Path) -> None:
+    """Empty (an already checked) run folder and create it."""
+    if path.is_dir() and any(path.iterdir()):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
 
@@ -133,6 +140,8 @@ def train_spec(
     spec must be the one the run was started with.
     """
     out = Path(out_dir)
+    distributed.init_from_env(resolve_device(spec.train.device))
+    main = distributed.is_main_process()
     resume_from = None
     if resume:
         resume_from = out / "checkpoints" / "last.pt"
@@ -142,15 +151,22 @@ def train_spec(
                 f"checkpoint {str(resume_from)!r} was written by a different spec; resume with the "
                 f"run's own {SPEC_FILE}"
             )
-        _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
-        # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
-        # line and the checkpoint must not leave a record of an epoch that is redone.
-        _write_atomic(
-            out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in checkpoint["history"])
-        )
+        distributed.barrier()
+        if main:
+            _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
+            # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
+            # line and the checkpoint must not leave a record of an epoch that is redone.
+            _write_atomic(
+                out / "metrics.jsonl",
+                "".join(json.dumps(r) + "\n" for r in checkpoint["history"]),
+            )
     else:
-        _prepare_dir(out, force)
-        (out / SPEC_FILE).write_text(dump_spec(spec))
+        _check_dir(out, force)
+        distributed.barrier()
+        if main:
+            _prepare_dir(out)
+            (out / SPEC_FILE).write_text(dump_spec(spec))
+    distributed.barrier()
     data, model, guide = build(spec)
     t = spec.train
     history = fit(
@@ -178,8 +194,11 @@ def train_spec(
         resume_from=resume_from,
     )
     run = Run(out, spec, data, model, guide)
+    distributed.barrier()
     _load_weights(run, "best")
-    write_figures(run, history.records)
+    if main:
+        write_figures(run, history.records)
+    distributed.barrier()
     return run, history
 
 

@@ -303,7 +303,8 @@ class PyroRenyi(Objective):
     sites, i.e. when the model or guide is a ``PyroModule`` or calls ``pyro.param``;
     plain ``nn.Module`` pairs are refused (use kind ``renyi``). Pyro computes the weights
     per data point when every site is in the data plate; with global latents it weights
-    the whole batch jointly.
+    the whole batch jointly. Pyro uses the *scaled* log-densities inside the log-sum-exp,
+    so under minibatch scaling its loss is not the scaled bound (kind ``renyi`` is).
 
     Example:
         >>> objective = PyroRenyi(pyro.infer.RenyiELBO(alpha=0.5, num_particles=2))

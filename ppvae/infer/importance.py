@@ -83,12 +83,14 @@ _PARTICLES = "_ppvae_particles"
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImportanceResult:
     r"""Per-data-point importance-sampling estimates (CPU float64 tensors of shape ``(N,)``).
 
     Attributes:
         log_px: :math:`\log \frac1K \sum_k w_k`, the estimate of :math:`\log p(x_i)`.
+        elbo: :math:`\frac1K \sum_k \log w_k`, the ELBO of the point estimated with the
+            same :math:`K` samples (``log_px - elbo`` estimates :math:`KL(q \| p(z|x))`).
         stderr: delta-method standard error of ``log_px``,
             :math:`\sqrt{\widehat{\mathrm{var}}(w)/K} / \bar w` (NaN for :math:`K = 1`).
         ess: Kish effective sample size :math:`(\sum_k w_k)^2 / \sum_k w_k^2`, in
@@ -100,6 +102,7 @@ class ImportanceResult:
     """
 
     log_px: torch.Tensor
+    elbo: torch.Tensor
     stderr: torch.Tensor
     ess: torch.Tensor
     khat: torch.Tensor
@@ -134,7 +137,7 @@ class ImportanceResult:
 
         Example:
             >>> import torch
-            >>> r = ImportanceResult(torch.zeros(2), torch.zeros(2), torch.ones(2),
+            >>> r = ImportanceResult(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.ones(2),
             ...                      torch.zeros(2), num_samples=1, num_khat_samples=1)
             >>> r.to_inference_data().importance["log_px"].shape
             (2,)
@@ -148,7 +151,7 @@ class ImportanceResult:
 
         data = {
             name: (("data",), getattr(self, name).detach().cpu().numpy())
-            for name in ("log_px", "stderr", "ess", "khat")
+            for name in ("log_px", "elbo", "stderr", "ess", "khat")
         }
         dataset = xarray.Dataset(
             data,
@@ -495,6 +498,7 @@ class _Accumulator:
         self.max = torch.full((points,), -math.inf, dtype=dtype, device=device)
         self.sum1 = torch.zeros(points, dtype=dtype, device=device)
         self.sum2 = torch.zeros(points, dtype=dtype, device=device)
+        self.sum_log = torch.zeros(points, dtype=dtype, device=device)
         self.kept = torch.empty(points, keep, dtype=dtype, device=device)
         self.num_kept = 0
 
@@ -508,6 +512,7 @@ class _Accumulator:
         self.sum1 = self.sum1 * rescale + torch.exp(centred).sum(0)
         self.sum2 = self.sum2 * rescale**2 + torch.exp(2 * centred).sum(0)
         self.max = new_max
+        self.sum_log = self.sum_log + log_w.sum(0)
         room = self.kept.shape[1] - self.num_kept
         if room > 0:
             take = log_w[:room].T
@@ -596,11 +601,17 @@ def log_marginal_likelihood(
 
     from tqdm.auto import tqdm
 
-    outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "ess": [], "khat": []}
+    outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": [], "khat": []}
     layout = None
     starts = range(0, n, batch_size)
     with torch.no_grad(), _eval_mode(model, guide):
-        for start in tqdm(starts, disable=not progress, desc="log p(x)", unit="batch"):
+        for start in tqdm(
+            starts,
+            disable=None if progress else True,
+            desc="log p(x)",
+            unit="batch",
+            mininterval=0.5,
+        ):
             batch = tuple(
                 a[start : start + batch_size].to(device)
                 if isinstance(a, torch.Tensor) and a.dim() > 0
@@ -629,11 +640,13 @@ def log_marginal_likelihood(
                         acc = _Accumulator(points, keep, log_w.device)
                     acc.update(log_w)
             outputs["log_px"].append((acc.log_sum() - math.log(num_samples)).cpu().double())
+            outputs["elbo"].append((acc.sum_log / num_samples).cpu().double())
             outputs["ess"].append(acc.ess(num_samples).cpu().double())
             outputs["khat"].append(psis_khat(acc.kept[:, : acc.num_kept].cpu()))
     ess = torch.cat(outputs["ess"])
     return ImportanceResult(
         log_px=torch.cat(outputs["log_px"]),
+        elbo=torch.cat(outputs["elbo"]),
         stderr=_stderr_from_ess(ess, num_samples),
         ess=ess,
         khat=torch.cat(outputs["khat"]).double(),

@@ -51,7 +51,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from ppvae import distributed
 from ppvae.checkpoint import load_checkpoint, rng_state, set_rng_state
+from ppvae.distributed import DistInfo
 from ppvae.errors import DataError, SpecError, TrainingError
 from ppvae.infer.callbacks import (
     Callback,
@@ -115,6 +117,8 @@ class TrainState:
     spec: dict[str, Any] | None = None
     spec_digest: str | None = None
     is_main_process: bool = True
+    world_size: int = 1
+    ddp: nn.Module | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: weights, optimizer, RNG states, counters, history, spec."""
@@ -225,18 +229,36 @@ def _make_optimizer(name: str, params, lr: float, weight_decay: float, device: t
     return cls(params, **kwargs)
 
 
-def _batches(
-    tensors: Batch, batch_size: int, generator: torch.Generator | None, device: torch.device
-) -> Iterator[Batch]:
+def _batches(tensors: Batch, batch_size: int) -> Iterator[Batch]:
+    """Consecutive batches, in order."""
     n = tensors[0].shape[0]
-    if generator is None:
-        for i in range(0, n, batch_size):
-            yield tuple(t[i : i + batch_size] for t in tensors)
-        return
+    for i in range(0, n, batch_size):
+        yield tuple(t[i : i + batch_size] for t in tensors)
+
+
+def _shuffled_batches(
+    tensors: Batch,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    dinfo: DistInfo | None,
+) -> Iterator[tuple[Batch, int]]:
+    """Shuffled batches of in-memory tensors, as ``(this process's part, global size)``.
+
+    Every process draws the same permutation; with several processes each global batch
+    of ``batch_size`` points is split into one part per process (a final global batch
+    smaller than the number of processes is dropped)."""
+    n = tensors[0].shape[0]
     perm = torch.randperm(n, generator=generator).to(device)
+    world = 1 if dinfo is None else dinfo.world_size
     for i in range(0, n, batch_size):
         idx = perm[i : i + batch_size]
-        yield tuple(t.index_select(0, idx) for t in tensors)
+        size = idx.shape[0]
+        if world > 1:
+            if size < world:
+                continue
+            idx = torch.tensor_split(idx, world)[dinfo.rank]
+        yield tuple(t.index_select(0, idx) for t in tensors), size
 
 
 @torch.no_grad()
@@ -259,12 +281,16 @@ def mean_elbo(
     with torch.random.fork_rng(devices=[]), _eval_mode(model, guide):
         if seed is not None:
             torch.manual_seed(seed)
-        for batch in _batches(tensors, batch_size, None, tensors[0].device):
+        for batch in _batches(tensors, batch_size):
             b = batch[0].shape[0]
             m = _wrapped(model, plate, 1.0 / n, b / n / n, 1.0)
             g = _wrapped(guide, plate, 1.0 / n, b / n / n, 1.0)
             total -= float(elbo.differentiable_loss(m, g, *batch))
     return total
+
+
+def _device_of(state: TrainState) -> torch.device:
+    return state.params[0].device
 
 
 class _eval_mode:
@@ -302,13 +328,40 @@ def _check_first_batch(state: TrainState, batch: Batch) -> None:
         ) from err
 
 
-def _step(state: TrainState, batch: Batch) -> dict[str, Any]:
-    """One optimization step on one batch; returns ``{"loss": float}``."""
-    b = batch[0].shape[0]
-    model = _wrapped(state.model, state.plate, 1.0 / b, 1.0 / state.num_train, state.kl_weight)
-    guide = _wrapped(state.guide, state.plate, 1.0 / b, 1.0 / state.num_train, state.kl_weight)
+class _ObjectiveModule(nn.Module):
+    """Model, guide and objective as one module whose forward is the loss (for DDP)."""
+
+    def __init__(self, model: nn.Module, guide: nn.Module, objective: Objective, plate: str):
+        super().__init__()
+        self.model = model
+        self.guide = guide
+        self.objective = objective
+        self.plate = plate
+
+    def forward(self, local: float, global_: float, kl_weight: float, *batch: torch.Tensor):
+        return self.objective.loss(
+            _wrapped(self.model, self.plate, local, global_, kl_weight),
+            _wrapped(self.guide, self.plate, local, global_, kl_weight),
+            *batch,
+        )
+
+
+def _step(state: TrainState, batch: Batch, global_size: int | None = None) -> dict[str, Any]:
+    """One optimization step on one batch; returns ``{"loss": float}``.
+
+    ``global_size`` is the size of the global batch this process's ``batch`` is part of
+    (the loss is scaled so that DDP's gradient average is the global batch's mean)."""
+    b = batch[0].shape[0] if global_size is None else global_size
+    local, global_ = state.world_size / b, 1.0 / state.num_train
     state.optimizer.zero_grad(set_to_none=True)
-    loss = state.objective.loss_and_grads(model, guide, *batch)
+    if state.ddp is not None:
+        loss = state.ddp(local, global_, state.kl_weight, *batch)
+        loss.backward()
+        loss = loss.detach()
+    else:
+        model = _wrapped(state.model, state.plate, local, global_, state.kl_weight)
+        guide = _wrapped(state.guide, state.plate, local, global_, state.kl_weight)
+        loss = state.objective.loss_and_grads(model, guide, *batch)
     grads = [p.grad for p in state.params if p.grad is not None]
     if state.clip_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(state.params, state.clip_norm)
@@ -396,8 +449,13 @@ def fit(
     if epochs < 1 or batch_size < 1:
         raise SpecError(f"epochs and batch_size must be at least 1, got {epochs} and {batch_size}")
     dev = resolve_device(device)
+    dinfo = distributed.init_from_env(dev)
+    if dinfo is not None and dev.type == "cuda":
+        dev = torch.device("cuda", dinfo.local_rank)
     objective = build_objective(objective)
-    pyro.set_rng_seed(seed)
+    # every process shuffles alike (shuffle_generator) but draws its own latent samples
+    sample_seed = seed if dinfo is None else seed + 7919 * dinfo.rank
+    pyro.set_rng_seed(sample_seed)
     model.to(dev)
     guide.to(dev)
 
@@ -424,26 +482,41 @@ def fit(
     data_generator = None
     if train_transform is not None:
         data_generator = torch.Generator(device=dev).manual_seed(seed + 1)
+    world = 1 if dinfo is None else dinfo.world_size
+    sampler = None
     if tensors is None:
+        if dinfo is not None:
+            sampler = torch.utils.data.DistributedSampler(
+                data, num_replicas=world, rank=dinfo.rank, shuffle=True, seed=seed
+            )
         loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, shuffle=True, generator=shuffle_generator
+            data,
+            batch_size=max(1, batch_size // world),
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=shuffle_generator if sampler is None else None,
         )
 
-    def epoch_batches() -> Iterator[Batch]:
+    def epoch_batches() -> Iterator[tuple[Batch, int]]:
         if loader is None:
-            yield from _batches(tensors, batch_size, shuffle_generator, dev)
+            yield from _shuffled_batches(tensors, batch_size, shuffle_generator, dev, dinfo)
             return
+        if sampler is not None:
+            sampler.set_epoch(state.epoch)
         for batch in loader:
             batch = as_tensors(batch if isinstance(batch, tuple | list) else (batch,))
-            yield tuple(t.to(dev) for t in batch)
+            yield tuple(t.to(dev) for t in batch), batch[0].shape[0] * world
 
     steps_per_epoch = math.ceil(num_train / batch_size)
     with isolated_param_store():
-        first = (
-            next(iter(_batches(tensors, batch_size, None, dev)))
-            if loader is None
-            else next(epoch_batches())
-        )
+        if loader is None:
+            first = next(_batches(tensors, batch_size))
+        else:
+            first = next(iter(loader))
+            first = tuple(
+                t.to(dev)
+                for t in as_tensors(first if isinstance(first, tuple | list) else (first,))
+            )
         if train_transform is not None:
             first = (
                 train_transform(first[0], torch.Generator(device=dev).manual_seed(seed)),
@@ -469,16 +542,28 @@ def fit(
             data_generator=data_generator,
             spec=spec,
             spec_digest=spec_digest,
+            is_main_process=dinfo is None or dinfo.is_main,
+            world_size=world,
         )
         _check_first_batch(state, first)
-        pyro.set_rng_seed(seed)  # the check drew random numbers: start from the seed again
+        pyro.set_rng_seed(sample_seed)  # the check drew random numbers: start again
+        if dinfo is not None:
+            if type(objective).loss_and_grads is not Objective.loss_and_grads:
+                raise SpecError(
+                    f"objective {objective!r} computes its own gradients and cannot be used "
+                    "with distributed training; use elbo, meanfield_elbo, iwae or renyi"
+                )
+            state.ddp = torch.nn.parallel.DistributedDataParallel(
+                _ObjectiveModule(model, guide, objective, plate),
+                device_ids=[dev.index] if dev.type == "cuda" else None,
+            )
         if resume_from is not None:
             state.load_state_dict(load_checkpoint(resume_from, map_location=dev))
 
         cbs: list[Callback] = []
         if kl_warmup_epochs > 0:
             cbs.append(KLWarmup(kl_warmup_epochs))
-        if progress:
+        if progress and state.is_main_process:
             cbs.append(ProgressBar())
         if out_dir is not None:
             out_dir = Path(out_dir)
@@ -512,23 +597,27 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
     state.model.train()
     state.guide.train()
     total, count, skipped = 0.0, 0, 0
-    for batch in epoch_batches():
+    for batch, global_size in epoch_batches():
         if transform is not None:
             batch = (transform(batch[0], state.data_generator), *batch[1:])
         for cb in cbs:
             cb.on_step_start(state)
-        info = _step(state, batch)
+        info = _step(state, batch, global_size)
         state.step += 1
         if info.get("skipped"):
             skipped += 1
         else:
-            b = batch[0].shape[0]
-            total += info["loss"] * b
-            count += b
+            total += info["loss"] * global_size
+            count += global_size
             state.running_loss = info["loss"]
         for cb in cbs:
             cb.on_step_end(state, info)
     state.epoch += 1
+    if state.world_size > 1:  # mean over every process's points (see _step's scaling)
+        total, count, skipped = distributed.all_reduce_sum(
+            [total, count, skipped], _device_of(state)
+        )
+        skipped = int(skipped / state.world_size)
     record: dict[str, Any] = {
         "epoch": state.epoch,
         "step": state.step,

@@ -33,7 +33,7 @@ from ppvae.errors import SpecError
 from ppvae.models.base import MODELS, ModelConfig
 from ppvae.nn import MLP
 
-__all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae"]
+__all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae", "check_components"]
 
 
 class VAE(PyroModule):
@@ -102,11 +102,52 @@ def build_vae(
     prior_cfg = PRIORS.get(prior)() if isinstance(prior, str) else prior
     guide_cfg = GUIDES.get(guide)() if isinstance(guide, str) else guide
     lik_cfg = LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood
+    check_components(prior_cfg, guide_cfg)
     lik = lik_cfg.build(ctx)
     decoder = MLP(
         latent_dim, tuple(reversed(ctx.hidden)), data_dim * lik.params_per_dim, activation
     )
-    return VAE(prior_cfg.build(ctx), decoder, lik), VAEGuide(guide_cfg.build(ctx))
+    if getattr(prior_cfg, "needs_posterior", False):  # e.g. the VampPrior: shared weights
+        posterior = guide_cfg.build(ctx)
+        prior_module = prior_cfg.build(ctx, posterior=posterior)
+    else:
+        prior_module = prior_cfg.build(ctx)
+        posterior = guide_cfg.build(ctx)
+    return VAE(prior_module, decoder, lik), VAEGuide(posterior)
+
+
+def _kind(cfg) -> str:
+    return getattr(cfg, "kind", type(cfg).__name__)
+
+
+def check_components(prior, guide, objective=None) -> None:
+    """Refuse prior/guide/objective configs that cannot work together (a :class:`SpecError`).
+
+    A prior built on the guide's posterior (``needs_posterior``, the VampPrior) needs an
+    amortized guide whose density can be evaluated at any ``z``; the ``stl`` and ``dreg``
+    estimators re-evaluate the guide's density at detached samples, which planar and
+    radial flows cannot.
+    """
+    if getattr(prior, "needs_posterior", False):
+        if not getattr(guide, "amortized", True):
+            raise SpecError(
+                f"prior.kind = {_kind(prior)!r} is built on the guide's posterior network and "
+                f"needs an amortized guide, but guide.kind = {_kind(guide)!r} is not amortized; "
+                'use an amortized guide such as "diagonal_normal"'
+            )
+        if not getattr(guide, "log_prob_anywhere", True):
+            raise SpecError(
+                f"prior.kind = {_kind(prior)!r} evaluates the guide's density at any z, which "
+                f"guide.kind = {_kind(guide)!r} cannot (it has no inverse); use "
+                '"diagonal_normal", "full_normal", "iaf" or "spline"'
+            )
+    estimator = getattr(objective, "estimator", "reparam")
+    if estimator in ("stl", "dreg") and not getattr(guide, "log_prob_anywhere", True):
+        raise SpecError(
+            f"objective.estimator = {estimator!r} re-evaluates the guide's density at detached "
+            f"samples, which guide.kind = {_kind(guide)!r} cannot (it has no inverse); use "
+            'objective.estimator = "reparam" or another guide'
+        )
 
 
 def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> None:
@@ -130,6 +171,10 @@ class VAEConfig(ModelConfig):
         from ppvae.nn import make_activation
 
         make_activation(self.activation)
+
+    def check_spec(self, spec) -> None:
+        """Refuse prior/guide/objective combinations that cannot work together."""
+        check_components(spec.prior, spec.guide, spec.objective)
 
     def build(self, spec, data) -> tuple[VAE, VAEGuide]:
         spec.likelihood.check_data(

@@ -26,6 +26,8 @@ def test_exact_posterior_gives_exact_log_px_and_full_ess(ppca, k):
     assert torch.allclose(result.log_px, ppca.log_px(x), atol=1e-4, rtol=0)
     assert torch.allclose(result.ess, torch.full((5,), float(k), dtype=torch.float64), rtol=1e-4)
     assert result.num_samples == k
+    # every log weight equals log p(x): the ELBO estimate is exact too
+    assert torch.allclose(result.elbo, ppca.log_px(x), atol=1e-4, rtol=0)
     if k > 1:
         assert (result.stderr < 1e-3).all()
     else:
@@ -40,6 +42,31 @@ def test_prior_guide_is_within_four_standard_errors(ppca):
     assert (result.stderr > 0).all()
     assert (err < 4 * result.stderr).all(), (err, result.stderr)
     assert (result.ess < 4000).all() and (result.ess >= 1).all()
+    # the ELBO (mean log weight) lies below log p(x); the gap is KL(prior || posterior) > 0
+    assert (result.elbo < result.log_px).all()
+
+
+def test_elbo_field_is_the_mean_log_weight_and_k1_equals_log_px(ppca):
+    x = ppca.sample(4)
+    torch.manual_seed(3)
+    one = log_marginal_likelihood(ppca.model, ppca.prior_guide, x, num_samples=1)
+    assert torch.equal(one.elbo, one.log_px)  # K = 1: log mean w = mean log w
+    torch.manual_seed(3)
+    many = log_marginal_likelihood(
+        ppca.model, ppca.prior_guide, x, num_samples=3000, chunk_size=700
+    )
+    # with q = p(z): ELBO = E_p(z)[log N(x; W z + b, s^2 I)]
+    #                     = -d/2 log(2 pi s^2) - (|x - b|^2 + tr(W^T W)) / (2 s^2)
+    s2 = ppca.sigma**2
+    exact = -0.5 * ppca.d * math.log(2 * math.pi * s2) - (
+        ((x - ppca.b) ** 2).sum(-1) + (ppca.W**2).sum()
+    ) / (2 * s2)
+    # its Monte Carlo standard error, from the spread of log w = log p(x | z) under p(z)
+    z = torch.randn(100_000, ppca.k, generator=torch.Generator().manual_seed(0))
+    log_w = dist.Normal(z @ ppca.W.T + ppca.b, ppca.sigma).log_prob(x[:, None, :]).sum(-1)
+    se = log_w.std(dim=1) / math.sqrt(3000)
+    assert ((many.elbo - exact.double()).abs() < 4 * se.double()).all(), (many.elbo, exact, se)
+    assert (many.elbo < many.log_px).all()
 
 
 def test_two_latent_sites_with_sequential_exact_guide(two_sites):
