@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
     p.add_argument("--seed", type=int, help="random seed (same as --set train.seed=...)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="use PyTorch's deterministic algorithms (exact repeats on GPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="estimate log p(x) and the ELBO of a trained run")
@@ -84,6 +89,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
     progress = False if args.no_progress else None
     if args.resume is not None:
         if args.spec is not None or args.out is not None or args.force:

@@ -197,7 +197,7 @@ class FlowEncoder(nn.Module):
         transforms = [flow.condition(h) for flow in self.flows]
         if self.standard_base:
             base = ReparamDiagonalNormal(torch.zeros_like(loc), torch.ones_like(scale))
-            transforms.append(T.AffineTransform(loc, scale, event_dim=1))
+            transforms.append(T.AffineTransform(loc, scale, event_dim=1, cache_size=1))
         else:
             base = ReparamDiagonalNormal(loc, scale)
         return FlowDistribution(base, transforms)

@@ -187,6 +187,7 @@ def train_spec(
         kl_warmup_epochs=t.kl_warmup_epochs,
         early_stopping=t.early_stopping,
         on_nan=t.on_nan,
+        deterministic=t.deterministic,
         progress=t.progress if progress is None else progress,
         train_transform=data.train_transform,
         spec=spec.to_dict(),

@@ -72,6 +72,8 @@ class TrainConfig:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         on_nan: ``stop`` (raise, naming epoch and step) or ``skip`` (drop the step).
         progress: show a progress bar.
+        deterministic: use PyTorch's deterministic algorithms (``--deterministic``); on
+            CPU training is deterministic already, on GPU this trades speed for it.
     """
 
     epochs: int = 20
@@ -86,6 +88,7 @@ class TrainConfig:
     device: str = "auto"
     on_nan: Literal["stop", "skip"] = "stop"
     progress: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):

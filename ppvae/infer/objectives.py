@@ -151,6 +151,40 @@ class MeanFieldElboConfig(ObjectiveConfig):
         )
 
 
+@OBJECTIVES.register("enum_elbo")
+@dataclass(frozen=True)
+class EnumElboConfig(ObjectiveConfig):
+    r"""The ELBO with discrete latent sites summed out exactly (``TraceEnum_ELBO``).
+
+    Sites marked ``infer={"enumerate": "parallel"}`` (in the guide, or in the model when
+    the guide does not sample them) are enumerated in parallel: their values are
+    broadcast along new dimensions left of every plate, so the sum over a class variable
+    costs one vectorized pass. ``max_plate_nesting`` of 0 lets Pyro find it by running
+    the model once.
+    """
+
+    num_particles: int = 1
+    vectorize_particles: bool = True
+    max_plate_nesting: int = 0
+
+    def __post_init__(self) -> None:
+        _check_particles(self.num_particles)
+        if self.max_plate_nesting < 0:
+            raise SpecError(
+                f"objective.max_plate_nesting must be non-negative, got {self.max_plate_nesting}"
+            )
+
+    def build(self) -> Objective:
+        kwargs = {"max_plate_nesting": self.max_plate_nesting} if self.max_plate_nesting else {}
+        return PyroElbo(
+            pyro.infer.TraceEnum_ELBO(
+                num_particles=self.num_particles,
+                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
+                **kwargs,
+            )
+        )
+
+
 def build_objective(objective: str | ObjectiveConfig | Objective | pyro.infer.ELBO) -> Objective:
     """Turn a kind name, an options object, an :class:`Objective` or a Pyro ELBO into an
     :class:`Objective`."""

@@ -39,7 +39,9 @@ Example (probabilistic PCA written with Pyro alone):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +291,21 @@ def mean_elbo(
     return total
 
 
+@contextlib.contextmanager
+def _deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels for the block (cuBLAS needs a fixed workspace for them);
+    the previous setting is restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def _device_of(state: TrainState) -> torch.device:
     return state.params[0].device
 
@@ -404,6 +421,7 @@ def fit(
     kl_warmup_epochs: int = 0,
     early_stopping: int = 0,
     on_nan: str = "stop",
+    deterministic: bool = False,
     progress: bool = True,
     plate: str = "data",
     train_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
@@ -434,6 +452,8 @@ def fit(
         early_stopping: patience in epochs on the validation ELBO (0: off).
         on_nan: ``"stop"`` raises :class:`~ppvae.errors.TrainingError`; ``"skip"`` drops
             the step.
+        deterministic: turn on ``torch.use_deterministic_algorithms`` for the run (GPU
+            runs then repeat exactly, at some cost in speed).
         train_transform: ``f(x, generator) -> x`` applied to the first tensor of each
             training batch (e.g. dynamic binarization).
         spec, spec_digest: the resolved spec stored in checkpoints.
@@ -508,7 +528,7 @@ def fit(
             yield tuple(t.to(dev) for t in batch), batch[0].shape[0] * world
 
     steps_per_epoch = math.ceil(num_train / batch_size)
-    with isolated_param_store():
+    with _deterministic_algorithms(deterministic, dev), isolated_param_store():
         if loader is None:
             first = next(_batches(tensors, batch_size))
         else:
