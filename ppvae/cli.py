@@ -14,6 +14,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="output file: .png (image grid), .npy or .pt (default: figures/samples-N.png)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--condition", type=int, help="class to condition on (conditional models: cvae)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     return parser
 
@@ -191,7 +193,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        samples = run.model.generate(args.n).cpu()
+        if args.condition is None:
+            samples = run.model.generate(args.n).cpu()
+        elif "condition" in inspect.signature(run.model.generate).parameters:
+            samples = run.model.generate(args.n, condition=args.condition).cpu()
+        else:
+            raise RunDirError(
+                f"--condition needs a conditional model (cvae); {args.run_dir!r} is {run.spec.model.kind!r}"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         save_image_grid(samples, run.data.image_shape, out)

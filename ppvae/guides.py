@@ -6,9 +6,9 @@ A guide component is an ``nn.Module`` whose ``forward(x)`` maps a batch of data
 here is reparameterized.
 
 Kinds: ``diagonal_normal``; ``full_normal`` (a Gaussian with a full Cholesky factor);
-and the flows ``iaf``, ``planar``, ``radial`` and ``spline``, which push a diagonal
-Gaussian through transforms conditioned on the encoder's features (see
-:mod:`ppvae.flows`). Planar and radial flows cannot be inverted: their ``log_prob`` works
+and the flows ``iaf``, ``planar``, ``radial`` and ``spline``, which push Gaussian noise
+through transforms conditioned on the encoder's features (see
+:class:`ppvae.flows.FlowEncoder`). Planar and radial flows cannot be inverted: their ``log_prob`` works
 at the guide's own draws only (all an ELBO needs), not at arbitrary ``z``.
 
 Example:

@@ -260,8 +260,8 @@ def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list
             written.append(figures / "samples.png")
         if hasattr(run.model, "reconstruct"):
             idx = torch.randperm(len(run.data.test), generator=generator)[:32]
-            x = run.data.test.x[idx].to(run.device)
-            recon = run.model.reconstruct(x, run.guide).cpu()
-            save_reconstructions(x.cpu(), recon, shape, figures / "reconstructions.png")
+            inputs = [t[idx].to(run.device) for t in model_inputs(run.spec, run.data.test)]
+            recon = run.model.reconstruct(inputs[0], run.guide, *inputs[1:]).cpu()
+            save_reconstructions(inputs[0].cpu(), recon, shape, figures / "reconstructions.png")
             written.append(figures / "reconstructions.png")
     return written

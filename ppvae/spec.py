@@ -14,7 +14,7 @@ Example:
     >>> parse_spec({"prior": {"kind": "nope"}})
     Traceback (most recent call last):
     ...
-    ppvae.errors.SpecError: unknown prior kind 'nope' in [prior]; allowed: standard_normal
+    ppvae.errors.SpecError: unknown prior kind 'nope' in [prior]; allowed: flow, mixture, standard_normal, vamp
 """
 
 from __future__ import annotations

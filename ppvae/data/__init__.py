@@ -24,6 +24,13 @@ from ppvae.data.datasets import (
     SourceData,
     load_data,
 )
+from ppvae.data.semisupervised import (
+    UNLABELLED,
+    class_quotas,
+    hide_labels,
+    labelled_part,
+    semi_supervised_split,
+)
 from ppvae.data.sources import read_amat, read_idx, read_npz
 from ppvae.data.splits import carve, random_subset
 from ppvae.data.transforms import BINARIZE_MODES, dynamic_binarize, static_binarize
@@ -46,6 +53,11 @@ __all__ = [
     "static_binarize",
     "carve",
     "random_subset",
+    "UNLABELLED",
+    "semi_supervised_split",
+    "class_quotas",
+    "hide_labels",
+    "labelled_part",
     "read_idx",
     "read_amat",
     "read_npz",

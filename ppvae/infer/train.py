@@ -273,12 +273,15 @@ def mean_elbo(
     plate: str = "data",
     seed: int | None = 0,
     num_particles: int = 1,
+    enumerate: bool = False,
 ) -> float:
     """The ELBO of the whole data set divided by its size (nats per data point), with
-    ``num_particles`` samples; ``seed`` fixes the draws without touching the global RNG."""
+    ``num_particles`` samples; ``seed`` fixes the draws without touching the global RNG.
+    ``enumerate=True`` sums out sites marked for enumeration (``TraceEnum_ELBO``)."""
     tensors = as_tensors(data)
     n = tensors[0].shape[0]
-    elbo = pyro.infer.Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    cls = pyro.infer.TraceEnum_ELBO if enumerate else pyro.infer.Trace_ELBO
+    elbo = cls(num_particles=num_particles, vectorize_particles=num_particles > 1)
     total = 0.0
     with torch.random.fork_rng(devices=[]), _eval_mode(model, guide):
         if seed is not None:
@@ -287,7 +290,7 @@ def mean_elbo(
             b = batch[0].shape[0]
             m = _wrapped(model, plate, 1.0 / n, b / n / n, 1.0)
             g = _wrapped(guide, plate, 1.0 / n, b / n / n, 1.0)
-            total -= float(elbo.differentiable_loss(m, g, *batch))
+            total -= float(elbo.loss(m, g, *batch))
     return total
 
 
@@ -332,7 +335,7 @@ def _check_first_batch(state: TrainState, batch: Batch) -> None:
     shapes = ", ".join(str(tuple(t.shape)) for t in batch)
     b = batch[0].shape[0]
     try:
-        with pyro.validation_enabled(True), torch.no_grad():
+        with pyro.validation_enabled(True):
             state.objective.loss(
                 _wrapped(state.model, state.plate, 1 / b, 1 / state.num_train, 1.0),
                 _wrapped(state.guide, state.plate, 1 / b, 1 / state.num_train, 1.0),
@@ -647,7 +650,13 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
     if skipped:
         record["skipped_steps"] = skipped
     if valid is not None:
-        record["valid_elbo"] = mean_elbo(state.model, state.guide, valid, plate=state.plate)
+        record["valid_elbo"] = mean_elbo(
+            state.model,
+            state.guide,
+            valid,
+            plate=state.plate,
+            enumerate=state.objective.enumerates,
+        )
         monitored = record["valid_elbo"]
     else:
         monitored = -record["train_loss"]

@@ -1,6 +1,42 @@
-"""Model/guide pairs of the zoo, one module each, registered in :data:`MODELS`."""
+"""Model/guide pairs of the zoo, one module each, registered in :data:`MODELS`.
+
+``vae`` (one stochastic layer), ``hvae`` (two), ``cvae`` (conditioned on a label),
+``mixture`` (a discrete class summed out by enumeration), ``density`` and ``classifier``
+(fully observed, maximum likelihood).
+"""
 
 from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models.cvae import CVAE, CVAEConfig, CVAEGuide
+from ppvae.models.hvae import HVAE, HVAEConfig, HVAEGuide
+from ppvae.models.mixture import MixtureConfig, MixtureGuide, MixtureModel
+from ppvae.models.observed import (
+    Classifier,
+    ClassifierConfig,
+    DensityConfig,
+    EmptyGuide,
+    FactorizedDensity,
+)
 from ppvae.models.vae import VAE, VAEConfig, VAEGuide, build_vae
 
-__all__ = ["MODELS", "ModelConfig", "VAE", "VAEGuide", "VAEConfig", "build_vae"]
+__all__ = [
+    "MODELS",
+    "ModelConfig",
+    "VAE",
+    "VAEGuide",
+    "VAEConfig",
+    "build_vae",
+    "HVAE",
+    "HVAEGuide",
+    "HVAEConfig",
+    "CVAE",
+    "CVAEGuide",
+    "CVAEConfig",
+    "MixtureModel",
+    "MixtureGuide",
+    "MixtureConfig",
+    "FactorizedDensity",
+    "Classifier",
+    "EmptyGuide",
+    "DensityConfig",
+    "ClassifierConfig",
+]

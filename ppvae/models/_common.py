@@ -1,0 +1,63 @@
+"""Helpers the zoo's model/guide builders share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppvae.context import BuildContext
+from ppvae.distributions import ReparamDiagonalNormal
+from ppvae.errors import SpecError
+from ppvae.nn import MLP, make_activation
+
+__all__ = ["GaussianLayer", "check_sizes", "prior_without_posterior", "check_likelihood", "one_hot"]
+
+
+def check_sizes(where: str, sizes: Sequence[int], *, allow_empty: bool = True) -> None:
+    """Every size at least 1 (and at least one size unless ``allow_empty``)."""
+    if not allow_empty and not sizes:
+        raise SpecError(f"{where} must list at least one size")
+    if any(int(h) < 1 for h in sizes):
+        raise SpecError(f"{where} sizes must be at least 1, got {list(sizes)}")
+
+
+def check_activation(name: str) -> None:
+    make_activation(name)
+
+
+def prior_without_posterior(spec, model_kind: str) -> None:
+    """Refuse priors that need the guide's amortized posterior network (``vamp``) for
+    models whose top-level latent has no such network."""
+    if getattr(spec.prior, "needs_posterior", False):
+        raise SpecError(
+            f"prior.kind = {spec.prior.kind!r} needs a guide that maps x to q(z|x) directly, "
+            f"which model.kind = {model_kind!r} does not have; use standard_normal, mixture or flow"
+        )
+
+
+def check_likelihood(spec, data) -> None:
+    spec.likelihood.check_data(
+        data.train.x, binarized=data.binarize != "none", where=f"the {data.name} training data"
+    )
+
+
+def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """One-hot float encoding of integer labels, in ``like``'s dtype and device."""
+    return F.one_hot(y.long(), num_classes).to(like.dtype)
+
+
+class GaussianLayer(nn.Module):
+    r"""An MLP from an input to :math:`N(\mu, \mathrm{diag}\,\sigma^2)` over ``out`` dims,
+    returned as ppvae's :class:`~ppvae.distributions.ReparamDiagonalNormal`."""
+
+    def __init__(self, ctx: BuildContext, in_features: int, hidden: Sequence[int], out: int):
+        super().__init__()
+        self.out = out
+        self.net = MLP(in_features, tuple(hidden), 2 * out, ctx.activation)
+
+    def forward(self, h: torch.Tensor) -> ReparamDiagonalNormal:
+        loc, raw = self.net(h).split(self.out, dim=-1)
+        return ReparamDiagonalNormal(loc, F.softplus(raw) + 1e-4)

@@ -1,0 +1,147 @@
+r"""The conditional VAE :math:`p(x, z | y) = p(z)\, p(x | z, y)` for a label :math:`y`
+(Sohn, Lee & Yan 2015; Kingma et al. 2014's M2 with the label always observed).
+
+Model: :math:`z \sim p(z)`, :math:`x | z, y \sim p(x | f([z, \mathrm{onehot}(y)]))`;
+guide: :math:`z \sim q(z | [x, \mathrm{onehot}(y)])`. The forward programs take the batch
+``(x, y)``. ``generate(n, condition=c)`` draws images of class ``c``
+(``ppvae sample RUN --condition 3``); without a condition it cycles through the classes.
+
+Example:
+    >>> from ppvae.spec import parse_spec
+    >>> from ppvae.run import build
+    >>> spec = parse_spec({"model": {"kind": "cvae", "latent_dim": 2, "hidden": [16]},
+    ...                    "data": {"binarize": "static", "limit": 32}})
+    >>> data, model, guide = build(spec)
+    >>> model.generate(4, condition=3).shape
+    torch.Size([4, 64])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppvae.context import BuildContext
+from ppvae.errors import DataError, SpecError
+from ppvae.models._common import (
+    GaussianLayer,
+    check_activation,
+    check_likelihood,
+    check_sizes,
+    one_hot,
+    prior_without_posterior,
+)
+from ppvae.models.base import MODELS, ModelConfig
+from ppvae.nn import MLP
+
+__all__ = ["CVAE", "CVAEGuide", "CVAEConfig"]
+
+
+class CVAE(PyroModule):
+    """:math:`p(z) p(x | z, y)`."""
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood, num_classes: int):
+        super().__init__()
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.num_classes = num_classes
+
+    def _decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = one_hot(y, self.num_classes, z).expand(*z.shape[:-1], self.num_classes)
+        return self.decoder(torch.cat([z, c], dim=-1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self._decode(z, y)), obs=x)
+        return z
+
+    @torch.no_grad()
+    def generate(self, n: int, condition: int | None = None) -> torch.Tensor:
+        """Expected data for ``n`` draws of :math:`z`, of class ``condition`` (or the
+        classes in turn when None)."""
+        z = self.prior().sample((n,))
+        if condition is None:
+            y = torch.arange(n, device=z.device) % self.num_classes
+        else:
+            if not 0 <= int(condition) < self.num_classes:
+                raise DataError(
+                    f"condition {condition} is not a class of this model; allowed: 0 to {self.num_classes - 1}"
+                )
+            y = torch.full((n,), int(condition), device=z.device)
+        return self.likelihood.mean(self._decode(z, y))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, guide: CVAEGuide, y: torch.Tensor) -> torch.Tensor:
+        """Expected data at the mean of :math:`q(z | x, y)`."""
+        return self.likelihood.mean(self._decode(guide.posterior(x, y).mean, y))
+
+
+class CVAEGuide(PyroModule):
+    """:math:`q(z | x, y)`."""
+
+    def __init__(self, encoder: GaussianLayer, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor):
+        return self.encoder(torch.cat([x, one_hot(y, self.num_classes, x)], dim=-1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.posterior(x, y))
+
+
+@MODELS.register("cvae")
+@dataclass(frozen=True)
+class CVAEConfig(ModelConfig):
+    """A VAE conditioned on the data's labels (the data set must have them)."""
+
+    latent_dim: int = 10
+    hidden: tuple[int, ...] = (256,)
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise SpecError(f"model.latent_dim must be at least 1, got {self.latent_dim}")
+        check_sizes("model.hidden", self.hidden)
+        check_activation(self.activation)
+
+    def check_spec(self, spec) -> None:
+        prior_without_posterior(spec, "cvae")
+
+    def inputs(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+        return split.x, split.y
+
+    def build(self, spec, data) -> tuple[CVAE, CVAEGuide]:
+        if data.train.y is None or not data.num_classes:
+            raise DataError(
+                f"model.kind = 'cvae' needs labels but the {data.name} data has none; "
+                "use a data set with labels (digits, mnist, npz with y)"
+            )
+        check_likelihood(spec, data)
+        k = data.num_classes
+        ctx = BuildContext(
+            data_dim=data.dim,
+            latent_dim=self.latent_dim,
+            hidden=self.hidden,
+            activation=self.activation,
+            num_classes=k,
+            image_shape=data.image_shape,
+        )
+        lik = spec.likelihood.build(ctx)
+        decoder = MLP(
+            self.latent_dim + k,
+            tuple(reversed(self.hidden)),
+            data.dim * lik.params_per_dim,
+            self.activation,
+        )
+        model = CVAE(spec.prior.build(ctx), decoder, lik, k)
+        guide = CVAEGuide(GaussianLayer(ctx, data.dim + k, self.hidden, self.latent_dim), k)
+        return model, guide

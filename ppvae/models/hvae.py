@@ -1,0 +1,142 @@
+r"""A VAE with two stochastic layers (Burda, Grosse & Salakhutdinov 2016, Appendix C).
+
+Model: :math:`z_2 \sim p(z_2)`, :math:`z_1 | z_2 \sim N(\mu(z_2), \sigma(z_2)^2)`,
+:math:`x | z_1 \sim p(x | f(z_1))`. Guide (bottom-up): :math:`z_1 \sim q(z_1 | x)`,
+:math:`z_2 \sim q(z_2 | z_1)`. Burda et al.'s MNIST architecture is
+784-(200-200)-100-(100-100)-50 with tanh units: ``latent_dims = [100, 50]``,
+``hidden = [200, 200]``, ``hidden2 = [100, 100]``.
+
+Example:
+    >>> import torch
+    >>> from ppvae.spec import parse_spec
+    >>> from ppvae.run import build
+    >>> spec = parse_spec({"model": {"kind": "hvae", "latent_dims": [4, 2], "hidden": [16],
+    ...                              "hidden2": [8]}, "data": {"binarize": "static", "limit": 32}})
+    >>> data, model, guide = build(spec)
+    >>> model.generate(3).shape
+    torch.Size([3, 64])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppvae.context import BuildContext
+from ppvae.errors import SpecError
+from ppvae.models._common import (
+    GaussianLayer,
+    check_activation,
+    check_likelihood,
+    check_sizes,
+    prior_without_posterior,
+)
+from ppvae.models.base import MODELS, ModelConfig
+from ppvae.nn import MLP
+
+__all__ = ["HVAE", "HVAEGuide", "HVAEConfig"]
+
+
+class HVAE(PyroModule):
+    """:math:`p(z_2) p(z_1 | z_2) p(x | z_1)`."""
+
+    def __init__(self, prior: nn.Module, z1_given_z2: nn.Module, decoder: nn.Module, likelihood):
+        super().__init__()
+        self.prior = prior
+        self.z1_given_z2 = z1_given_z2
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", self.prior())
+            z1 = pyro.sample("z1", self.z1_given_z2(z2))
+            pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
+        return z1
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """Expected data for ``n`` ancestral draws of :math:`(z_2, z_1)`."""
+        z2 = self.prior().sample((n,))
+        z1 = self.z1_given_z2(z2).sample()
+        return self.likelihood.mean(self.decoder(z1))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, guide: HVAEGuide) -> torch.Tensor:
+        """Expected data at the mean of :math:`q(z_1 | x)`."""
+        return self.likelihood.mean(self.decoder(guide.q_z1(x).mean))
+
+
+class HVAEGuide(PyroModule):
+    """:math:`q(z_1 | x) q(z_2 | z_1)`."""
+
+    def __init__(self, q_z1: nn.Module, q_z2: nn.Module) -> None:
+        super().__init__()
+        self.q_z1 = q_z1
+        self.q_z2 = q_z2
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", self.q_z1(x))
+            pyro.sample("z2", self.q_z2(z1))
+
+
+@MODELS.register("hvae")
+@dataclass(frozen=True)
+class HVAEConfig(ModelConfig):
+    """Two stochastic layers; ``[prior]`` is the prior of the top layer ``z2``.
+
+    Attributes:
+        latent_dims: sizes of ``z1`` (bottom) and ``z2`` (top).
+        hidden: hidden sizes between ``x`` and ``z1`` (both directions).
+        hidden2: hidden sizes between ``z1`` and ``z2`` (both directions).
+        activation: activation name.
+    """
+
+    latent_dims: tuple[int, ...] = (100, 50)
+    hidden: tuple[int, ...] = (200, 200)
+    hidden2: tuple[int, ...] = (100, 100)
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if len(self.latent_dims) != 2:
+            raise SpecError(
+                f"model.latent_dims must list two sizes (z1, z2), got {list(self.latent_dims)}"
+            )
+        check_sizes("model.latent_dims", self.latent_dims)
+        check_sizes("model.hidden", self.hidden)
+        check_sizes("model.hidden2", self.hidden2)
+        check_activation(self.activation)
+
+    def check_spec(self, spec) -> None:
+        prior_without_posterior(spec, "hvae")
+
+    def build(self, spec, data) -> tuple[HVAE, HVAEGuide]:
+        check_likelihood(spec, data)
+        d1, d2 = self.latent_dims
+        ctx = BuildContext(
+            data_dim=data.dim,
+            latent_dim=d2,
+            hidden=self.hidden2,
+            activation=self.activation,
+            num_classes=data.num_classes,
+            image_shape=data.image_shape,
+        )
+        lik = spec.likelihood.build(ctx)
+        decoder = MLP(
+            d1, tuple(reversed(self.hidden)), data.dim * lik.params_per_dim, self.activation
+        )
+        model = HVAE(
+            spec.prior.build(ctx),
+            GaussianLayer(ctx, d2, tuple(reversed(self.hidden2)), d1),
+            decoder,
+            lik,
+        )
+        guide = HVAEGuide(
+            GaussianLayer(ctx, data.dim, self.hidden, d1), GaussianLayer(ctx, d1, self.hidden2, d2)
+        )
+        return model, guide

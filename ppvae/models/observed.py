@@ -1,0 +1,117 @@
+r"""Fully observed models, fitted by maximum likelihood with the same engine.
+
+With no latent site the guide is empty and every ELBO objective is the exact
+log-likelihood, so ``ppvae train`` does maximum likelihood and ``ppvae evaluate`` reports
+the exact :math:`\log p` (all importance weights equal).
+
+* ``density``: a factorized density :math:`p(x) = \prod_i p(x_i | \theta_i)` with one set
+  of likelihood parameters per feature (the ``[likelihood]`` kind), a baseline for the
+  latent variable models.
+* ``classifier``: :math:`p(y | x) = \mathrm{Cat}(\mathrm{softmax}(\mathrm{NN}(x)))` on
+  labelled data; the batch is ``(x, y)``.
+
+Example:
+    >>> from ppvae.spec import parse_spec
+    >>> from ppvae.run import build
+    >>> spec = parse_spec({"model": {"kind": "classifier", "hidden": [16]}, "data": {"limit": 32}})
+    >>> data, model, guide = build(spec)
+    >>> model.predict_proba(data.test.x[:3]).shape
+    torch.Size([3, 10])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from ppvae.context import BuildContext
+from ppvae.errors import DataError
+from ppvae.models._common import check_activation, check_likelihood, check_sizes
+from ppvae.models.base import MODELS, ModelConfig
+from ppvae.nn import MLP
+
+__all__ = ["FactorizedDensity", "Classifier", "EmptyGuide", "DensityConfig", "ClassifierConfig"]
+
+
+class EmptyGuide(PyroModule):
+    """The guide of a model without latent sites: it samples nothing."""
+
+    def forward(self, *args: torch.Tensor) -> None:
+        return None
+
+
+class FactorizedDensity(PyroModule):
+    r""":math:`p(x) = \prod_i p(x_i | \theta_i)`."""
+
+    def __init__(self, likelihood: nn.Module, data_dim: int) -> None:
+        super().__init__()
+        self.likelihood = likelihood
+        self.params = nn.Parameter(torch.zeros(data_dim * likelihood.params_per_dim))
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", self.likelihood(self.params.expand(x.shape[0], -1)), obs=x)
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """``n`` independent draws from :math:`p(x)`."""
+        return self.likelihood(self.params.expand(n, -1)).sample().float()
+
+
+class Classifier(PyroModule):
+    r""":math:`p(y | x) = \mathrm{Cat}(\mathrm{softmax}(\mathrm{NN}(x)))`."""
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=self.net(x)), obs=y)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities :math:`p(y | x)`, shape ``(N, num_classes)``."""
+        return torch.softmax(self.net(x), dim=-1)
+
+
+@MODELS.register("density")
+@dataclass(frozen=True)
+class DensityConfig(ModelConfig):
+    """A factorized density of the ``[likelihood]`` kind, one parameter set per feature."""
+
+    def build(self, spec, data) -> tuple[FactorizedDensity, EmptyGuide]:
+        check_likelihood(spec, data)
+        ctx = BuildContext(data_dim=data.dim, latent_dim=1, image_shape=data.image_shape)
+        return FactorizedDensity(spec.likelihood.build(ctx), data.dim), EmptyGuide()
+
+
+@MODELS.register("classifier")
+@dataclass(frozen=True)
+class ClassifierConfig(ModelConfig):
+    """An MLP classifier :math:`p(y|x)` (needs labelled data)."""
+
+    hidden: tuple[int, ...] = (256,)
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        check_sizes("model.hidden", self.hidden)
+        check_activation(self.activation)
+
+    def inputs(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+        return split.x, split.y
+
+    def build(self, spec, data) -> tuple[Classifier, EmptyGuide]:
+        if data.train.y is None or not data.num_classes:
+            raise DataError(
+                f"model.kind = 'classifier' needs labels but the {data.name} data has none; "
+                "use a data set with labels (digits, mnist, npz with y)"
+            )
+        net = MLP(data.dim, self.hidden, data.num_classes, self.activation)
+        return Classifier(net, data.num_classes), EmptyGuide()
