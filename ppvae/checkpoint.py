@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _check_crc(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
@@ -74,6 +76,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a ppvae training state")
     return state
+
+
+def _check_crc(path: Path) -> None:
+    """Verify the CRC-32 of every entry of a zip-format checkpoint.
+
+    ``torch.load`` does not check them, so flipped bytes inside a tensor would otherwise
+    load silently as wrong weights. Files that are not zip archives (truncated ones among
+    them) are left to ``torch.load``'s own checks.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:  # saved without CRC-32s: nothing to check
+                    continue
+                with archive.open(info) as f:
+                    while f.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupted and cannot be loaded ({reason})"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:

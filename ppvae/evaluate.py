@@ -26,6 +26,11 @@ from ppvae.run import Run, model_inputs
 __all__ = ["evaluate_run", "summarize"]
 
 
+def _finite_mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
 def summarize(result, split: str) -> dict[str, Any]:
     """The summary dictionary of an :class:`~ppvae.infer.importance.ImportanceResult`."""
     n = result.num_points
@@ -51,7 +56,7 @@ def summarize(result, split: str) -> dict[str, Any]:
         "elbo": float(elbo.mean()),
         "elbo_sem": nan_to_none(sem(elbo)),
         "gap": float(log_px.mean() - elbo.mean()),
-        "log_px_stderr_mean": nan_to_none(float(np.nanmean(result.stderr.numpy()))),
+        "log_px_stderr_mean": _finite_mean(result.stderr.numpy()),
         "ess_median": float(np.median(result.ess.numpy())),
         "ess_min": float(result.ess.min()),
         "khat_max": nan_to_none(float(finite.max())) if finite.size else None,

@@ -151,8 +151,14 @@ def train_spec(
                 f"checkpoint {str(resume_from)!r} was written by a different spec; resume with the "
                 f"run's own {SPEC_FILE}"
             )
-        distributed.barrier()
-        if main:
+    else:
+        _check_dir(out, force)
+    # Data and model first: a bad data set or model option must fail before the folder is
+    # touched (no half-made run folder, and --force must not delete the old run for nothing).
+    data, model, guide = build(spec)
+    distributed.barrier()
+    if main:
+        if resume:
             _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
             # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
             # line and the checkpoint must not leave a record of an epoch that is redone.
@@ -160,14 +166,10 @@ def train_spec(
                 out / "metrics.jsonl",
                 "".join(json.dumps(r) + "\n" for r in checkpoint["history"]),
             )
-    else:
-        _check_dir(out, force)
-        distributed.barrier()
-        if main:
+        else:
             _prepare_dir(out)
             (out / SPEC_FILE).write_text(dump_spec(spec))
     distributed.barrier()
-    data, model, guide = build(spec)
     t = spec.train
     history = fit(
         model,

@@ -229,7 +229,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the range of floats
+            raise bad from None
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -285,7 +288,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # tomllib recurses on deep nesting
         value = raw
     return parts[0], parts[1], value
 
@@ -357,7 +360,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         ) from None
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, RecursionError) as err:
         raise SpecError(f"spec file {str(path)!r} is not valid TOML: {err}") from None
     return parse_spec(raw, overrides)
 

@@ -81,6 +81,8 @@ def semi_supervised_split(
         )
     if isinstance(num_labels, bool) or not isinstance(num_labels, int):
         raise SpecError(f"model.num_labels must be an integer, got {num_labels!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"model.label_seed must be a non-negative integer, got {seed!r}")
     n = int(y.shape[0])
     if num_classes < 1:
         raise DataError(f"semi-supervised learning needs at least one class, got {num_classes}")

@@ -17,6 +17,7 @@ from ppvae.models.observed import (
     FactorizedDensity,
 )
 from ppvae.models.vae import VAE, VAEConfig, VAEGuide, build_vae
+from ppvae.models.m2 import M2, M2Config, M2Guide, build_m2  # registers "m2"
 
 __all__ = [
     "MODELS",
@@ -39,4 +40,8 @@ __all__ = [
     "EmptyGuide",
     "DensityConfig",
     "ClassifierConfig",
+    "M2",
+    "M2Guide",
+    "M2Config",
+    "build_m2",
 ]
