@@ -1,4 +1,4 @@
-"""The ``ppvae`` command line: ``train``, ``evaluate``, ``sample``.
+"""The ``ppvae`` command line: ``train``, ``evaluate``, ``sample``, ``report``.
 
 Every error a user can cause prints one line ``error: <sentence>`` and exits with status 2
 (argparse's own usage errors exit 2 as well).
@@ -9,6 +9,7 @@ Examples::
     ppvae train models/vae_bmnist.toml --set train.epochs=2 --set objective.kind=iwae --out runs/x
     ppvae evaluate runs/vae --num-samples 1000 --json
     ppvae sample runs/vae -n 64 --out samples.png
+    ppvae report runs/vae
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppvae", description="Deep latent variable models written as Pyro programs."
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module first (one that registers your own priors, guides, ...); repeatable",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -78,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--condition", type=int, help="class to condition on (conditional models: cvae)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run folder")
+    p.add_argument("run_dir", help="a run folder written by ppvae train")
+    p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
     return parser
 
 
@@ -214,13 +227,43 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+def _import_plugins(modules: list[str]) -> None:
+    """Import user modules that register components (``--import MODULE``); a module is
+    looked up on ``sys.path`` and in the current folder."""
+    import importlib
+
+    from ppvae.errors import SpecError
+
+    if modules and "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise SpecError(f"--import {name}: the module cannot be imported ({err})") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ppvae.html_report import write_report
+
+    path = write_report(args.run_dir, out=args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "sample": _cmd_sample,
+    "report": _cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
     try:
+        _import_plugins(args.imports)
         return _COMMANDS[args.command](args)
     except PpvaeError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -190,7 +190,7 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
         (inner, *_rest) = typing.get_args(tp)
-        return f"a list of {_type_name(inner)}s"
+        return f"a list of {_type_name(inner).removeprefix('an ').removeprefix('a ')}s"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     return names.get(tp, str(tp))
 
@@ -328,7 +328,7 @@ def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     raw = apply_overrides(raw, overrides)
     unknown = [k for k in raw if k not in _ORDER]
     if unknown:
-        raise SpecError(f"unknown section [{unknown[0]}]; allowed: {', '.join(_ORDER)}")
+        raise SpecError(f"unknown section {unknown[0]!r}; allowed: {', '.join(_ORDER)}")
     sections = {name: _build_section(name, raw[name]) for name in _ORDER if name in raw}
     spec = Spec(**sections)
     _check_combination(spec)

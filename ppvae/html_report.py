@@ -1,0 +1,717 @@
+r"""A self-contained HTML report of a run folder: ``RUN/report.html``.
+
+:func:`write_report` gathers what a run folder holds into one HTML file that opens in any
+browser, offline: every figure is an embedded PNG (``data:image/png;base64,...``), the
+style sheet is inline, and nothing is fetched from anywhere. The report shows
+
+* run facts: epochs run, best epoch, wall time (the sum of the epochs' ``seconds`` in
+  ``metrics.jsonl``), data sizes, parameter count and library versions;
+* the resolved spec (``spec.toml``) as a table, and as text;
+* the training curves: minus the training loss and the validation ELBO per epoch, the
+  best epoch marked;
+* decoded samples from the prior, and test data above their reconstructions, drawn from
+  the ``best.pt`` weights with the spec's seed (models with ``generate`` /
+  ``reconstruct``, image data);
+* the latent space: the guide's posterior means :math:`E_q[z | x]` of up to
+  :data:`LATENT_POINTS` test points, projected on their first two principal axes (or as
+  they are when :math:`z` is 2-D), coloured by label when the data have labels;
+* every evaluation in ``RUN/evaluation/*.json`` (written by ``ppvae evaluate``) as a
+  table row, with its :math:`\hat k` plot.
+
+A section whose inputs are missing (no evaluation yet, data that are not images, a guide
+without an amortized posterior) holds a one-line note instead.
+
+Example (``ppvae report RUN_DIR`` on the command line)::
+
+    from ppvae.html_report import write_report
+    path = write_report("runs/vae")        # runs/vae/report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import math
+import platform
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppvae.errors import PpvaeError, RunDirError
+
+__all__ = ["write_report", "LATENT_POINTS", "REPORT_FILE"]
+
+#: The report's file name inside the run folder.
+REPORT_FILE = "report.html"
+#: At most this many test points in the latent-space view.
+LATENT_POINTS = 1000
+_NUM_SAMPLES = 64
+_NUM_RECONSTRUCTIONS = 32
+_SPEC_FILE = "spec.toml"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _img(data: bytes, alt: str, *, width: int | None = None, pixelated: bool = False) -> str:
+    attrs = [f'src="{_png_uri(data)}"', f'alt="{_esc(alt)}"']
+    if width is not None:
+        attrs.append(f'width="{width}"')
+    if pixelated:
+        attrs.append('class="pixelated"')
+    return f"<img {' '.join(attrs)}>"
+
+
+def _figure(body: str, caption: str) -> str:
+    return f"<figure>{body}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
+def _new_figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas (pyplot and its backend are left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _grid_png(images: torch.Tensor, image_shape: Sequence[int], ncols: int) -> tuple[bytes, int]:
+    """A grey-scale PNG of an image grid at its own resolution, and a display width
+    (an integer multiple of it, about 300-480 pixels): the browser scales it up."""
+    from matplotlib.image import imsave
+
+    from ppvae.report import image_grid
+
+    grid = image_grid(images, image_shape, ncols)
+    buf = io.BytesIO()
+    imsave(buf, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    scale = max(1, 480 // max(grid.shape))
+    return buf.getvalue(), grid.shape[1] * scale
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "n/a"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(x):
+        return "n/a" if math.isnan(x) else str(x)
+    return format(x, spec)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {secs:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes)} min"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """An HTML table; cells are already HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    klass = f' class="{cls}"' if cls else ""
+    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _safely(what: str, make: Callable[[], str]) -> str:
+    """``make()``, or a note naming what failed (a report shows what it can)."""
+    try:
+        return make()
+    except Exception as err:  # a figure that cannot be drawn must not lose the report
+        reason = str(err).splitlines()[0] if str(err) else ""
+        return _note(f"{what} failed: {err.__class__.__name__}{': ' + reason if reason else ''}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of ``metrics.jsonl`` and the number of unreadable lines."""
+    records, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+        else:
+            bad += 1
+    return records, bad
+
+
+def _best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch ``best.pt`` holds: the highest validation ELBO (or, without validation
+    data, the lowest training loss); the first such epoch on ties, as training does."""
+
+    def monitored(r: dict[str, Any]) -> float:
+        v = r.get("valid_elbo")
+        if v is None:
+            v = -r["train_loss"] if r.get("train_loss") is not None else -math.inf
+        return v if math.isfinite(v) else -math.inf
+
+    if not records:
+        return None
+    best = max(records, key=monitored)
+    return best if math.isfinite(monitored(best)) else None
+
+
+def _versions() -> list[tuple[str, str]]:
+    import matplotlib
+    import pyro
+
+    import ppvae
+
+    return [
+        ("ppvae", getattr(ppvae, "__version__", "?")),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("pyro-ppl", pyro.__version__),
+        ("numpy", np.__version__),
+        ("matplotlib", matplotlib.__version__),
+    ]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
+
+
+def _facts_section(path: Path, spec_dict: dict | None, records, bad_lines, run, load_error) -> str:
+    rows: list[tuple[str, str]] = [("run folder", f"<code>{_esc(path.resolve())}</code>")]
+    if spec_dict:
+        model = spec_dict.get("model", {}).get("kind", "?")
+        data = spec_dict.get("data", {}).get("kind", "?")
+        objective = spec_dict.get("objective", {}).get("kind", "?")
+        rows.append(("model / data / objective", _esc(f"{model} / {data} / {objective}")))
+    if records:
+        last = records[-1]
+        planned = (spec_dict or {}).get("train", {}).get("epochs")
+        epochs = f"{last['epoch']}" + (f" of {planned}" if planned is not None else "")
+        rows.append(("epochs run", _esc(epochs)))
+        best = _best_record(records)
+        if best is not None:
+            what = (
+                f"valid ELBO {_fmt(best['valid_elbo'])}"
+                if best.get("valid_elbo") is not None
+                else f"train loss {_fmt(best.get('train_loss'))}"
+            )
+            rows.append(("best epoch", _esc(f"{best['epoch']} ({what}; checkpoints/best.pt)")))
+        rows.append(("final train loss", _esc(_fmt(last.get("train_loss")))))
+        seconds = [r["seconds"] for r in records if isinstance(r.get("seconds"), (int, float))]
+        if seconds:
+            total = float(sum(seconds))
+            rows.append(
+                (
+                    "wall time",
+                    _esc(f"{_fmt_seconds(total)} ({total / len(seconds):.2f} s per epoch)"),
+                )
+            )
+        skipped = sum(int(r.get("skipped_steps", 0)) for r in records)
+        if skipped:
+            rows.append(("skipped steps (non-finite loss)", _esc(skipped)))
+    if bad_lines:
+        rows.append(("metrics.jsonl", _esc(f"{bad_lines} unreadable line(s) left out")))
+    if run is not None:
+        sizes = ", ".join(f"{k} {v}" for k, v in run.data.sizes.items())
+        rows.append(("data", _esc(f"{run.data.name}: {sizes}; {run.data.dim} features")))
+        if run.data.image_shape is not None:
+            rows.append(("image shape", _esc(" x ".join(map(str, run.data.image_shape)))))
+        if run.data.num_classes:
+            rows.append(("classes", _esc(run.data.num_classes)))
+        params = {id(p): p.numel() for m in (run.model, run.guide) for p in m.parameters()}
+        rows.append(("parameters (model + guide)", _esc(f"{sum(params.values()):,}")))
+    elif load_error:
+        rows.append(("model", _esc(f"not loaded: {load_error}")))
+    versions = ", ".join(f"{name} {v}" for name, v in _versions())
+    rows.append(("library versions", _esc(versions)))
+    body = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in rows)
+    return _section("run", "Run", f'<table class="facts"><tbody>{body}</tbody></table>')
+
+
+def _spec_section(spec_text: str | None, spec_dict: dict | None, error: str | None) -> str:
+    if spec_text is None:
+        return _section("spec", "Spec", _note("no spec.toml"))
+    parts = []
+    if spec_dict is not None:
+        rows = []
+        for section, values in spec_dict.items():
+            if not isinstance(values, dict):
+                rows.append([f"<code>{_esc(section)}</code>", "", _esc(_toml_value(values))])
+                continue
+            for i, (key, value) in enumerate(values.items()):
+                head = f'<code class="sect">[{_esc(section)}]</code>' if i == 0 else ""
+                rows.append(
+                    [head, f"<code>{_esc(key)}</code>", f"<code>{_esc(_toml_value(value))}</code>"]
+                )
+        parts.append(_table(["section", "key", "value"], rows, cls="spec"))
+    else:
+        parts.append(_note(f"spec.toml cannot be parsed: {error}"))
+    parts.append(
+        f"<details><summary>spec.toml as written</summary><pre>{_esc(spec_text)}</pre></details>"
+    )
+    return _section("spec", "Spec (resolved)", "".join(parts))
+
+
+def _curves_png(records: Sequence[dict[str, Any]]) -> bytes:
+    fig = _new_figure(7.5, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    epochs = [r["epoch"] for r in records]
+    train = [
+        -r["train_loss"] if isinstance(r.get("train_loss"), (int, float)) else math.nan
+        for r in records
+    ]
+    ax.plot(epochs, train, marker=".", label="train bound (minus train loss)")
+    valid = [r.get("valid_elbo") for r in records]
+    if any(v is not None for v in valid):
+        ax.plot(
+            epochs,
+            [math.nan if v is None else v for v in valid],
+            marker=".",
+            label="valid ELBO",
+        )
+    best = _best_record(records)
+    if best is not None:
+        y = best["valid_elbo"] if best.get("valid_elbo") is not None else -best["train_loss"]
+        ax.axvline(best["epoch"], color="tab:green", linestyle="--", linewidth=1)
+        ax.plot([best["epoch"]], [y], marker="*", markersize=14, color="tab:green", linestyle="")
+        ax.plot([], [], color="tab:green", linestyle="--", label=f"best epoch {best['epoch']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return _fig_png(fig)
+
+
+def _curves_section(records, metrics_note: str | None) -> str:
+    if metrics_note:
+        return _section("curves", "Training curves", _note(metrics_note))
+    body = _safely(
+        "the training-curve plot",
+        lambda: _figure(
+            _img(_curves_png(records), "training curves"),
+            "Minus the training loss (the training bound, KL warm-up included) and the "
+            "validation ELBO per epoch; the star marks the best epoch (checkpoints/best.pt).",
+        ),
+    )
+    return _section("curves", "Training curves", body)
+
+
+def _images_section(run, load_error: str | None) -> str:
+    title = "Samples and reconstructions"
+    if run is None:
+        return _section("samples", title, _note(f"model not loaded: {load_error}"))
+    shape = run.data.image_shape
+    if shape is None:
+        return _section("samples", title, _note("the data are not images: no image grids"))
+    from ppvae.infer.isolation import isolated_param_store
+    from ppvae.run import model_inputs
+
+    figures = []
+    seed = run.spec.train.seed
+
+    def samples() -> str:
+        with torch.random.fork_rng(devices=[]), isolated_param_store():
+            torch.manual_seed(seed)
+            x = run.model.generate(_NUM_SAMPLES).cpu()
+        png, width = _grid_png(x, shape, 8)
+        return _figure(
+            _img(png, "samples from the prior", width=width, pixelated=True),
+            f"{_NUM_SAMPLES} samples from the model (decoder means E[x | z], z from the prior; "
+            f"seed {seed}).",
+        )
+
+    def reconstructions() -> str:
+        test = run.data.test
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(test), generator=generator)[:_NUM_RECONSTRUCTIONS]
+        inputs = [t[idx].to(run.device) for t in model_inputs(run.spec, test)]
+        with torch.random.fork_rng(devices=[]), isolated_param_store():
+            torch.manual_seed(seed)
+            recon = run.model.reconstruct(inputs[0], run.guide, *inputs[1:]).cpu()
+        data = inputs[0].cpu()
+        ncols = min(8, len(data))
+        rows = []
+        for i in range(0, len(data), ncols):
+            rows.extend([data[i : i + ncols], recon[i : i + ncols]])
+        png, width = _grid_png(torch.cat(rows), shape, ncols)
+        return _figure(
+            _img(png, "test data and reconstructions", width=width, pixelated=True),
+            f"{len(data)} test images (odd rows) above their reconstructions (even rows, "
+            "decoded at the guide's posterior mean).",
+        )
+
+    if hasattr(run.model, "generate"):
+        figures.append(_safely("drawing samples", samples))
+    else:
+        figures.append(_note(f"model kind {run.spec.model.kind!r} has no generate(n): no samples"))
+    if hasattr(run.model, "reconstruct"):
+        if len(run.data.test):
+            figures.append(_safely("reconstructing test data", reconstructions))
+        else:
+            figures.append(_note("the test split is empty: no reconstructions"))
+    else:
+        figures.append(
+            _note(f"model kind {run.spec.model.kind!r} has no reconstruct(): no reconstructions")
+        )
+    return _section("samples", title, f'<div class="row">{"".join(figures)}</div>')
+
+
+def _posterior_means(run, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, str] | str:
+    """The guide's posterior means for ``inputs`` and what they are, or a note why not."""
+    guide = run.guide
+    posterior = getattr(guide, "posterior", None)
+    if callable(posterior):
+        q, name = posterior(*inputs), "z"
+    elif callable(getattr(guide, "q_z1", None)):
+        q, name = guide.q_z1(inputs[0]), "z1"
+    else:
+        return (
+            f"the guide of model kind {run.spec.model.kind!r} has no amortized posterior "
+            "q(z|x) (a posterior(x) method): no latent-space view"
+        )
+    try:
+        mean, how = q.mean, "posterior means"
+    except NotImplementedError:  # e.g. normalizing flows: a Monte Carlo mean
+        mean, how = q.sample((32,)).mean(0), "posterior means (Monte Carlo, 32 draws)"
+    mean = mean.detach().float().cpu()
+    if mean.dim() != 2 or mean.shape[0] != inputs[0].shape[0]:
+        return f"the guide's posterior has shape {tuple(mean.shape)}, not [N, latent]: no latent-space view"
+    return mean, f"{how} E[{name} | x]"
+
+
+def _project(z: torch.Tensor) -> tuple[np.ndarray, list[str], str]:
+    """Points ``(N, 2)`` (or ``(N, 1)``), axis labels and how they were made."""
+    d = z.shape[1]
+    if d <= 2:
+        labels = ["z1", "z2"][:d] if d == 2 else ["z"]
+        return z.numpy(), labels, f"the {d}-D latent as it is"
+    centred = (z - z.mean(0)).double()
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    axes = vh[:2]
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True))).squeeze(1)
+    axes = axes * torch.where(signs == 0, torch.ones_like(signs), signs).unsqueeze(1)
+    share = (s**2 / (s**2).sum().clamp(min=1e-300)).tolist()
+    labels = [f"PC {i + 1} ({share[i]:.0%} of variance)" for i in range(2)]
+    return (centred @ axes.T).float().numpy(), labels, f"PCA of the {d}-D latent (SVD)"
+
+
+def _latent_png(points: np.ndarray, axis_labels: list[str], y: np.ndarray | None) -> bytes:
+    fig = _new_figure(6.5, 5.2)
+    ax = fig.add_subplot(1, 1, 1)
+    if points.shape[1] == 1:  # a 1-D latent: against the label (or the index)
+        other = y.astype(float) if y is not None else np.arange(len(points), dtype=float)
+        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(points))
+        points = np.stack([points[:, 0], other + jitter], axis=1)
+        axis_labels = [axis_labels[0], "label" if y is not None else "test point"]
+    if y is None:
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7, color="tab:blue")
+    else:
+        classes = np.unique(y)
+        if len(classes) <= 20:
+            import matplotlib
+
+            colours = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            for i, c in enumerate(classes):
+                keep = y == c
+                ax.scatter(
+                    points[keep, 0],
+                    points[keep, 1],
+                    s=6,
+                    alpha=0.75,
+                    color=colours(i),
+                    label=str(c),
+                )
+            ax.legend(
+                title="label",
+                fontsize="small",
+                markerscale=2.5,
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+            )
+        else:
+            sc = ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.75, c=y, cmap="viridis")
+            fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.grid(alpha=0.3)
+    return _fig_png(fig)
+
+
+def _latent_section(run, load_error: str | None) -> str:
+    title = "Latent space"
+    if run is None:
+        return _section("latent", title, _note(f"model not loaded: {load_error}"))
+    from ppvae.infer.isolation import isolated_param_store
+    from ppvae.run import model_inputs
+
+    test = run.data.test
+    if not len(test):
+        return _section("latent", title, _note("the test split is empty: no latent-space view"))
+
+    def make() -> str:
+        generator = torch.Generator().manual_seed(run.spec.train.seed)
+        idx = torch.randperm(len(test), generator=generator)[:LATENT_POINTS]
+        inputs = [t[idx].to(run.device) for t in model_inputs(run.spec, test)]
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), isolated_param_store():
+            torch.manual_seed(run.spec.train.seed)
+            result = _posterior_means(run, inputs)
+        if isinstance(result, str):
+            return _note(result)
+        z, what = result
+        points, axis_labels, how = _project(z)
+        y = None if test.y is None else test.y[idx].cpu().numpy()
+        coloured = "coloured by label" if y is not None else "(the data have no labels)"
+        return _figure(
+            _img(_latent_png(points, axis_labels, y), "latent space"),
+            f"The guide's {what} of {len(idx)} test points: {how}, {coloured}.",
+        )
+
+    return _section("latent", title, _safely("the latent-space view", make))
+
+
+def _evaluation_section(path: Path) -> str:
+    title = "Evaluation"
+    folder = path / "evaluation"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        return _section(
+            "evaluation",
+            title,
+            _note("no evaluation yet: run `ppvae evaluate RUN_DIR` to add log p(x) estimates"),
+        )
+    rows, plots, notes = [], [], []
+    for file in files:
+        try:
+            s = json.loads(file.read_text())
+            if not isinstance(s, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            notes.append(_note(f"{file.name} cannot be read ({err.__class__.__name__})"))
+            continue
+        k = s.get("num_samples")
+        rows.append(
+            [
+                _esc(s.get("split", "?")),
+                _esc(s.get("n", "?")),
+                _esc(k if k is not None else "?"),
+                _esc(f"{_fmt(s.get('log_px'))} ± {_fmt(s.get('log_px_sem'))}"),
+                _esc(_fmt(s.get("elbo"))),
+                _esc(_fmt(s.get("gap"))),
+                _esc(f"{_fmt(s.get('ess_median'), '.1f')} / {_fmt(s.get('ess_min'), '.1f')}"),
+                _esc(_fmt(s.get("khat_max"), ".3f")),
+                _esc(_fmt(s.get("khat_frac_bad"), ".3f")),
+                f"<code>{_esc(file.name)}</code>",
+            ]
+        )
+        png = file.with_name(f"{file.stem}-khat.png")
+        if png.is_file():
+            caption = f"PSIS k-hat per data point: {s.get('split', '?')}, K = {k} ({png.name})"
+            plots.append(_figure(_img(png.read_bytes(), f"k-hat plot {file.stem}"), caption))
+        else:
+            plots.append(_note(f"no k-hat plot {png.name}"))
+    parts = []
+    if rows:
+        header = [
+            "split",
+            "n",
+            "K",
+            "log p(x) ± s.e.",
+            "ELBO",
+            "gap",
+            "ESS median / min",
+            "k-hat max",
+            "share k-hat &gt; 0.7",
+            "file",
+        ]
+        parts.append(_table(header, rows, cls="numbers"))
+        parts.append(
+            '<p class="small">log p(x): importance-sampled estimate with K samples per point, '
+            "mean over n points ± its standard error; gap = log p(x) - ELBO (an estimate of "
+            "KL(q(z|x) || p(z|x))); k-hat: Pareto shape of the importance weights "
+            "(&gt; 0.7: unreliable; n/a: fewer than 21 samples).</p>"
+        )
+    parts.extend(notes)
+    if plots:
+        parts.append(f'<div class="row">{"".join(plots)}</div>')
+    return _section("evaluation", title, "".join(parts))
+
+
+# --------------------------------------------------------------------------- page
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color: #1d1d1f; background: #ffffff; margin: 0 auto; max-width: 1100px;
+       padding: 1rem 1.5rem 3rem; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.25rem; border-bottom: 1px solid #d0d0d7; padding-bottom: 0.2rem;
+     margin-top: 2rem; }
+nav a { margin-right: 1rem; }
+a { color: #0b57d0; }
+code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+            font-size: 0.9em; }
+pre { background: #f6f6f8; border: 1px solid #e0e0e6; padding: 0.6rem; overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.6rem 0; }
+th, td { border: 1px solid #d0d0d7; padding: 0.25rem 0.6rem; text-align: left;
+         vertical-align: top; }
+thead th, tbody th { background: #f2f2f6; }
+table.numbers td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.numbers td:first-child, table.numbers td:last-child { text-align: left; }
+table.spec td:first-child { white-space: nowrap; }
+code.sect { font-weight: 600; }
+figure { margin: 0.6rem 1.5rem 0.6rem 0; max-width: 100%; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e0e0e6; }
+img.pixelated { image-rendering: pixelated; image-rendering: crisp-edges; }
+figcaption { font-size: 0.9rem; color: #4a4a55; max-width: 40rem; }
+.row { display: flex; flex-wrap: wrap; align-items: flex-start; }
+.note { color: #6a4a00; background: #fff7e0; border-left: 4px solid #e0b000;
+        padding: 0.3rem 0.6rem; }
+.small, .meta { font-size: 0.9rem; color: #4a4a55; }
+"""
+
+_SECTIONS = [
+    ("run", "Run"),
+    ("spec", "Spec"),
+    ("curves", "Training curves"),
+    ("samples", "Samples"),
+    ("latent", "Latent space"),
+    ("evaluation", "Evaluation"),
+]
+
+
+def write_report(run_dir, *, out: str | Path | None = None) -> Path:
+    """Write the HTML report of a run folder (or of a loaded :class:`~ppvae.run.Run`).
+
+    Args:
+        run_dir: a run folder written by ``ppvae train``, or a :class:`~ppvae.run.Run`
+            (whose weights are then used as they are).
+        out: the HTML file (default ``RUN_DIR/report.html``).
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        RunDirError: the folder does not exist, is not a ppvae run folder (no
+            ``spec.toml``), or ``out`` is a folder.
+    """
+    from ppvae.run import Run, load_run
+    from ppvae.spec import dump_spec
+
+    run: Run | None = None
+    load_error: str | None = None
+    if isinstance(run_dir, Run):
+        run = run_dir
+        path = Path(run.path)
+        spec_file = path / _SPEC_FILE
+        spec_text = spec_file.read_text() if spec_file.is_file() else dump_spec(run.spec)
+    else:
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise RunDirError(f"run folder {str(path)!r} does not exist")
+        if not (path / _SPEC_FILE).is_file():
+            raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {_SPEC_FILE}")
+        try:
+            spec_text = (path / _SPEC_FILE).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise RunDirError(
+                f"{str(path / _SPEC_FILE)!r} cannot be read ({err.__class__.__name__})"
+            ) from None
+        try:
+            run = load_run(path, which="best", device="cpu")
+        except PpvaeError as err:
+            load_error = str(err)
+    target = Path(out) if out is not None else path / REPORT_FILE
+    if target.is_dir():
+        raise RunDirError(
+            f"--out {str(target)!r} is a folder; give a file name such as report.html"
+        )
+
+    spec_dict, spec_error = None, None
+    try:
+        spec_dict = tomllib.loads(spec_text)
+    except tomllib.TOMLDecodeError as err:
+        spec_error = str(err)
+
+    metrics = path / "metrics.jsonl"
+    records, bad_lines, metrics_note = [], 0, None
+    if metrics.is_file():
+        records, bad_lines = _read_metrics(metrics)
+        if not records:
+            metrics_note = "metrics.jsonl holds no epoch records: no training curves"
+    else:
+        metrics_note = "no metrics.jsonl: no training curves"
+
+    if run is not None:
+        run.model.eval()
+        run.guide.eval()
+    sections = [
+        _facts_section(path, spec_dict, records, bad_lines, run, load_error),
+        _spec_section(spec_text, spec_dict, spec_error),
+        _curves_section(records, metrics_note),
+        _images_section(run, load_error),
+        _latent_section(run, load_error),
+        _evaluation_section(path),
+    ]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in _SECTIONS)
+    name = path.resolve().name
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>ppvae report: {_esc(name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>ppvae run report: {_esc(name)}</h1>\n"
+        f'<p class="meta">Written {_esc(now)} by <code>ppvae report</code>.</p>\n'
+        f"<nav>{nav}</nav>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target
