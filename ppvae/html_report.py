@@ -72,17 +72,23 @@ def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _img(data: bytes, alt: str, *, width: int | None = None, pixelated: bool = False) -> str:
-    attrs = [f'src="{_png_uri(data)}"', f'alt="{_esc(alt)}"']
-    if width is not None:
-        attrs.append(f'width="{width}"')
-    if pixelated:
-        attrs.append('class="pixelated"')
-    return f"<img {' '.join(attrs)}>"
+def _png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG (from its IHDR chunk)."""
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _figure(body: str, caption: str) -> str:
-    return f"<figure>{body}<figcaption>{_esc(caption)}</figcaption></figure>"
+def _figure(
+    png: bytes, alt: str, caption: str, *, width: int | None = None, pixelated: bool = False
+) -> str:
+    """An embedded PNG shown ``width`` pixels wide (its own width by default), captioned."""
+    natural, _ = _png_size(png)
+    width = width or natural
+    klass = ' class="pixelated"' if pixelated else ""
+    img = f'<img src="{_png_uri(png)}" alt="{_esc(alt)}" width="{width}"{klass}>'
+    return (
+        f'<figure style="width: {width + 2}px">{img}'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
 
 
 def _new_figure(width: float, height: float):
@@ -282,17 +288,26 @@ def _spec_section(spec_text: str | None, spec_dict: dict | None, error: str | No
         return _section("spec", "Spec", _note("no spec.toml"))
     parts = []
     if spec_dict is not None:
-        rows = []
+        tables, loose = [], []
         for section, values in spec_dict.items():
             if not isinstance(values, dict):
-                rows.append([f"<code>{_esc(section)}</code>", "", _esc(_toml_value(values))])
+                loose.append((section, values))
                 continue
-            for i, (key, value) in enumerate(values.items()):
-                head = f'<code class="sect">[{_esc(section)}]</code>' if i == 0 else ""
-                rows.append(
-                    [head, f"<code>{_esc(key)}</code>", f"<code>{_esc(_toml_value(value))}</code>"]
-                )
-        parts.append(_table(["section", "key", "value"], rows, cls="spec"))
+            rows = "".join(
+                f"<tr><td><code>{_esc(k)}</code></td><td><code>{_esc(_toml_value(v))}</code></td></tr>"
+                for k, v in values.items()
+            )
+            tables.append(
+                f'<table class="spec"><thead><tr><th colspan="2"><code>[{_esc(section)}]</code>'
+                f"</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
+        if loose:
+            rows = "".join(
+                f"<tr><td><code>{_esc(k)}</code></td><td><code>{_esc(_toml_value(v))}</code></td></tr>"
+                for k, v in loose
+            )
+            tables.insert(0, f'<table class="spec"><tbody>{rows}</tbody></table>')
+        parts.append(f'<div class="row spec-tables">{"".join(tables)}</div>')
     else:
         parts.append(_note(f"spec.toml cannot be parsed: {error}"))
     parts.append(
@@ -324,6 +339,9 @@ def _curves_png(records: Sequence[dict[str, Any]]) -> bytes:
         ax.axvline(best["epoch"], color="tab:green", linestyle="--", linewidth=1)
         ax.plot([best["epoch"]], [y], marker="*", markersize=14, color="tab:green", linestyle="")
         ax.plot([], [], color="tab:green", linestyle="--", label=f"best epoch {best['epoch']}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
@@ -337,7 +355,8 @@ def _curves_section(records, metrics_note: str | None) -> str:
     body = _safely(
         "the training-curve plot",
         lambda: _figure(
-            _img(_curves_png(records), "training curves"),
+            _curves_png(records),
+            "training curves",
             "Minus the training loss (the training bound, KL warm-up included) and the "
             "validation ELBO per epoch; the star marks the best epoch (checkpoints/best.pt).",
         ),
@@ -364,9 +383,12 @@ def _images_section(run, load_error: str | None) -> str:
             x = run.model.generate(_NUM_SAMPLES).cpu()
         png, width = _grid_png(x, shape, 8)
         return _figure(
-            _img(png, "samples from the prior", width=width, pixelated=True),
+            png,
+            "samples from the prior",
             f"{_NUM_SAMPLES} samples from the model (decoder means E[x | z], z from the prior; "
             f"seed {seed}).",
+            width=width,
+            pixelated=True,
         )
 
     def reconstructions() -> str:
@@ -384,9 +406,12 @@ def _images_section(run, load_error: str | None) -> str:
             rows.extend([data[i : i + ncols], recon[i : i + ncols]])
         png, width = _grid_png(torch.cat(rows), shape, ncols)
         return _figure(
-            _img(png, "test data and reconstructions", width=width, pixelated=True),
+            png,
+            "test data and reconstructions",
             f"{len(data)} test images (odd rows) above their reconstructions (even rows, "
             "decoded at the guide's posterior mean).",
+            width=width,
+            pixelated=True,
         )
 
     if hasattr(run.model, "generate"):
@@ -511,7 +536,8 @@ def _latent_section(run, load_error: str | None) -> str:
         y = None if test.y is None else test.y[idx].cpu().numpy()
         coloured = "coloured by label" if y is not None else "(the data have no labels)"
         return _figure(
-            _img(_latent_png(points, axis_labels, y), "latent space"),
+            _latent_png(points, axis_labels, y),
+            "latent space",
             f"The guide's {what} of {len(idx)} test points: {how}, {coloured}.",
         )
 
@@ -553,9 +579,16 @@ def _evaluation_section(path: Path) -> str:
             ]
         )
         png = file.with_name(f"{file.stem}-khat.png")
-        if png.is_file():
+        if s.get("khat_max") is None:
+            plots.append(
+                _note(
+                    f"{file.stem}: no k-hat values (PSIS needs at least 21 importance samples "
+                    f"per point; this evaluation used K = {k})"
+                )
+            )
+        elif png.is_file():
             caption = f"PSIS k-hat per data point: {s.get('split', '?')}, K = {k} ({png.name})"
-            plots.append(_figure(_img(png.read_bytes(), f"k-hat plot {file.stem}"), caption))
+            plots.append(_figure(png.read_bytes(), f"k-hat plot {file.stem}", caption))
         else:
             plots.append(_note(f"no k-hat plot {png.name}"))
     parts = []
@@ -605,9 +638,9 @@ th, td { border: 1px solid #d0d0d7; padding: 0.25rem 0.6rem; text-align: left;
 thead th, tbody th { background: #f2f2f6; }
 table.numbers td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.numbers td:first-child, table.numbers td:last-child { text-align: left; }
-table.spec td:first-child { white-space: nowrap; }
-code.sect { font-weight: 600; }
-figure { margin: 0.6rem 1.5rem 0.6rem 0; max-width: 100%; }
+.spec-tables table { margin: 0 1rem 1rem 0; }
+table.spec td { white-space: nowrap; }
+figure { margin: 0.6rem 1.5rem 0.6rem 0; max-width: 100%; flex: 0 1 auto; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e0e0e6; }
 img.pixelated { image-rendering: pixelated; image-rendering: crisp-edges; }
 figcaption { font-size: 0.9rem; color: #4a4a55; max-width: 40rem; }
@@ -700,7 +733,7 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
         _latent_section(run, load_error),
         _evaluation_section(path),
     ]
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in _SECTIONS)
     name = path.resolve().name
     page = (

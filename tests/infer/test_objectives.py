@@ -25,26 +25,35 @@ with contextlib.suppress(ImportError):  # registers iwae, renyi, pyro_renyi wher
     import ppvae.infer.bounds  # noqa: F401
 
 A, S, D = 1.3, 0.7, 3
+#: Multiplies the guide's mean, so that losses require grad (TraceEnum_ELBO insists).
+ONE = torch.ones((), requires_grad=True)
 
 
-def model(x):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(A * z, S).to_event(1), obs=x)
+def make_model(a: float = A, s: float = S):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(D), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(a * z, s).to_event(1), obs=x)
+
+    return model
+
+
+model = make_model()
 
 
 def exact_guide(x):
     var = S**2 / (A**2 + S**2)
     with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", ReparamDiagonalNormal(A * x / (A**2 + S**2), torch.full_like(x, var**0.5)))
+        loc = ONE * A * x / (A**2 + S**2)
+        pyro.sample("z", ReparamDiagonalNormal(loc, torch.full_like(x, var**0.5)))
 
 
-def make_guide(shift: float, scale: float):
+def make_guide(shift: float, scale: float, a: float = A, s: float = S):
     """The exact posterior mean shifted by ``shift``, with standard deviation ``scale``."""
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):
-            loc = A * x / (A**2 + S**2) + shift
+            loc = ONE * a * x / (a**2 + s**2) + shift
             pyro.sample("z", ReparamDiagonalNormal(loc, torch.full_like(x, scale)))
 
     return guide
@@ -54,10 +63,10 @@ def log_px(x):
     return dist.Normal(0.0, math.sqrt(A**2 + S**2)).log_prob(x).sum()
 
 
-def closed_form_elbo(x, shift, scale):
-    m = A * x / (A**2 + S**2) + shift
+def closed_form_elbo(x, shift, scale, a=A, s=S):
+    m = a * x / (a**2 + s**2) + shift
     v = scale**2
-    e_lik = -0.5 * math.log(2 * math.pi * S**2) - ((x - A * m) ** 2 + A**2 * v) / (2 * S**2)
+    e_lik = -0.5 * math.log(2 * math.pi * s**2) - ((x - a * m) ** 2 + a**2 * v) / (2 * s**2)
     e_prior = -0.5 * math.log(2 * math.pi) - (m**2 + v) / 2
     entropy = 0.5 * math.log(2 * math.pi * math.e * v)
     return (e_lik + e_prior + entropy).sum()
@@ -74,43 +83,56 @@ def _value(objective, m, g, x, seed):
         return float(objective.loss(m, g, x).detach())
 
 
+def _analytic_kl(objective) -> bool:
+    return isinstance(objective, PyroElbo) and isinstance(
+        objective.elbo, pyro.infer.TraceMeanField_ELBO
+    )
+
+
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 @pytest.mark.parametrize("kind", list(OBJECTIVES))
 def test_exact_posterior_gives_minus_log_px(kind, x):
     """With the exact posterior every weight p(x, z) / q(z | x) equals p(x): the ELBO and
-    every importance-weighted or Rényi bound equal log p(x), whatever the draws."""
+    every importance-weighted or Rényi bound equal log p(x), whatever the draws. (With an
+    analytic KL only the expectation is exact: E_q[log p(x|z)] is still sampled.)"""
     expected = -float(log_px(x))
     objective = build_objective(kind)
-    for seed in range(3):
-        assert _value(objective, model, exact_guide, x, seed) == pytest.approx(expected, rel=1e-5)
+    values = [_value(objective, model, exact_guide, x, seed) for seed in range(3)]
+    if _analytic_kl(objective):
+        values = [_value(objective, model, exact_guide, x, seed) for seed in range(100)]
+        mean, se = torch.tensor(values).mean(), torch.tensor(values).std() / 100**0.5
+        assert abs(float(mean) - expected) < 4 * float(se)
+        return
+    assert values == pytest.approx([expected] * 3, rel=1e-5)
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])
 @pytest.mark.parametrize("vectorize", [True, False])
-@pytest.mark.parametrize("kind", ["elbo", "meanfield_elbo"])
-def test_elbo_exact_for_any_particles(kind, num_particles, vectorize, x):
-    cfg = OBJECTIVES.get(kind)(num_particles=num_particles, vectorize_particles=vectorize)
+def test_elbo_exact_for_any_particles(num_particles, vectorize, x):
+    cfg = OBJECTIVES.get("elbo")(num_particles=num_particles, vectorize_particles=vectorize)
     assert _value(cfg.build(), model, exact_guide, x, 0) == pytest.approx(-float(log_px(x)), rel=1e-5)
 
 
-def _draws(objective, guide, x, n):
-    values = torch.tensor([_value(objective, model, guide, x, seed) for seed in range(n)])
+def _draws(objective, guide, x, n, m=model):
+    values = torch.tensor([_value(objective, m, guide, x, seed) for seed in range(n)])
     return values.double()
 
 
 def test_elbo_and_meanfield_elbo_are_unbiased_and_analytic_kl_lowers_variance(x):
-    shift, scale = 0.4, 0.5
-    guide = make_guide(shift, scale)
-    target = -float(closed_form_elbo(x, shift, scale))
-    n = 300
-    mc = _draws(build_objective("elbo"), guide, x, n)
-    mf = _draws(build_objective("meanfield_elbo"), guide, x, n)
+    # a weak likelihood (a small) and a guide far from the prior: the KL term dominates
+    a, s, shift, scale = 0.2, 1.0, 1.5, 0.5
+    m, guide = make_model(a, s), make_guide(shift, scale, a, s)
+    target = -float(closed_form_elbo(x, shift, scale, a, s))
+    n = 120
+    mc = _draws(build_objective("elbo"), guide, x, n, m)
+    mf = _draws(build_objective("meanfield_elbo"), guide, x, n, m)
     for values in (mc, mf):
         se = float(values.std()) / math.sqrt(n)
         assert abs(float(values.mean()) - target) < 4 * se + 1e-4
-    assert mf.std() < 0.8 * mc.std()
+    assert mf.std() < 0.5 * mc.std()
     # the bound is below log p(x): the loss above -log p(x)
-    assert target > -float(log_px(x))
+    log_px_weak = dist.Normal(0.0, math.sqrt(a**2 + s**2)).log_prob(x).sum()
+    assert target > -float(log_px_weak)
 
 
 def test_meanfield_elbo_uses_the_registered_analytic_kl(x):
@@ -140,7 +162,7 @@ def test_vectorized_and_sequential_particles_have_the_same_mean(x):
     shift, scale = -0.3, 0.8
     guide = make_guide(shift, scale)
     target = -float(closed_form_elbo(x, shift, scale))
-    n = 150
+    n = 80
     single = _draws(build_objective("elbo"), guide, x, n)
     for vectorize in (True, False):
         cfg = OBJECTIVES.get("elbo")(num_particles=4, vectorize_particles=vectorize)
@@ -149,7 +171,7 @@ def test_vectorized_and_sequential_particles_have_the_same_mean(x):
         assert abs(float(values.mean()) - target) < 4 * se + 1e-4
         # four particles: the variance of the average is about a quarter
         ratio = float(values.var() / single.var())
-        assert 0.12 < ratio < 0.5, ratio
+        assert 0.1 < ratio < 0.6, ratio
 
 
 def test_loss_and_grads_backpropagates_and_returns_a_detached_loss(x):
@@ -194,5 +216,5 @@ def test_unknown_objective_and_bad_particles_are_refused():
     for kind in OBJECTIVES:
         cls = OBJECTIVES.get(kind)
         if "num_particles" in cls.__dataclass_fields__:
-            with pytest.raises(SpecError, match="objective.num_particles must be at least 1"):
+            with pytest.raises(SpecError, match="objective.num_particles must be"):
                 cls(num_particles=0)

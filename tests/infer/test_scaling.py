@@ -8,6 +8,7 @@ import pyro.infer
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.poutine.util import prune_subsample_sites
 
 from ppvae.infer.scaling import LatentScale, MinibatchScale
 
@@ -36,7 +37,7 @@ X = torch.randn(4, 3)
 
 
 def _scales(fn, *args):
-    tr = poutine.trace(fn).get_trace(*args)
+    tr = prune_subsample_sites(poutine.trace(fn).get_trace(*args))
     return {name: site["scale"] for name, site in tr.nodes.items() if site["type"] == "sample"}
 
 
@@ -102,7 +103,8 @@ def test_latent_scale_weights_the_kl_term_of_the_elbo():
     def vae_model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5).expand([x.shape[1], x.shape[0]]).to_event(0), obs=x.T)
+            loc = z[:, None].expand(x.shape)
+            pyro.sample("x", dist.Normal(loc, 0.5).to_event(1), obs=x)
 
     def vae_guide(x):
         with pyro.plate("data", x.shape[0]):
@@ -111,7 +113,7 @@ def test_latent_scale_weights_the_kl_term_of_the_elbo():
     torch.manual_seed(1)
     g_tr = poutine.trace(vae_guide).get_trace(X)
     m_tr = poutine.trace(poutine.replay(vae_model, trace=g_tr)).get_trace(X)
-    lik = m_tr.nodes["x"]["fn"].log_prob(X.T).sum()
+    lik = m_tr.nodes["x"]["fn"].log_prob(X).sum()
     kl_terms = m_tr.nodes["z"]["fn"].log_prob(g_tr.nodes["z"]["value"]).sum() - g_tr.nodes["z"][
         "fn"
     ].log_prob(g_tr.nodes["z"]["value"]).sum()

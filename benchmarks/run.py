@@ -1,0 +1,729 @@
+r"""Speed of ppvae against hand-written PyTorch and idiomatic Pyro (issue 6).
+
+One table, measured in one process on statically binarized MNIST with the ``vae_bmnist``
+network (encoder 784-400-(50+50), decoder 50-400-784, tanh, Bernoulli pixels, diagonal
+Gaussian guide, batch 128, Adam lr 1e-3), all variants started from the same weights
+and fed the same shuffled batches:
+
+* ``ppvae``: :func:`ppvae.fit` with the ``elbo`` objective (progress off, no validation,
+  no out_dir); its time is the epoch time fit records (``history["seconds"]``), the time
+  of the whole call (set-up included) is kept beside it;
+* ``torch``: a hand-written PyTorch loop on the identical network and loss (negative
+  single-sample ELBO per data point, :math:`\log p(x|z) + \log p(z) - \log q(z|x)`, the
+  Monte Carlo estimator of ``Trace_ELBO``) and optimizer (``torch.optim.Adam`` with the
+  ``foreach`` setting ppvae uses);
+* ``pyro_svi``: ``SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())`` on the
+  same networks, written as in Pyro's VAE tutorial (``pyro.module``, Pyro's defaults).
+
+The same for IWAE with k = 50 particles (``ppvae`` objective ``iwae`` against a
+hand-written vectorized IWAE loop), on a fixed number of steps per repeat (the per-epoch
+figure is extrapolated to 391 steps). Variants run interleaved (ppvae, torch, pyro_svi,
+ppvae, ...) for ``--repeats`` repeats after a warm-up; the table shows medians.
+
+Evaluation (importance-sampled log p(x), same N points and K samples) uses the pieces of
+``benchmarks/importance.py``: ppvae's ``log_marginal_likelihood`` against its
+hand-written vectorized estimator, interleaved in this process.
+
+Achieved GFLOP/s count the matrix products of forward and backward passes
+(``2 * in * out`` per Linear per sample forward, times 3 for forward + backward; the
+encoder runs once per data point, the decoder once per particle) over the measured time,
+set against a large float32 ``torch.matmul`` on the same device (the "peak").
+
+Peak memory: every variant runs again, alone, in a child process (after the timings),
+which reports its peak resident memory (``ru_maxrss``) and, on CUDA,
+``torch.cuda.max_memory_allocated``; "+MB" is the peak above the child's resident memory
+once imports, network and data are loaded.
+
+Usage::
+
+    export PPVAE_DATA_DIR=../shared/data
+    python benchmarks/run.py --quick                 # smoke run, well under a minute
+    python benchmarks/run.py                         # the issue-6 table (CPU)
+    python benchmarks/run.py --device cuda
+
+Writes ``run-<device>.json`` and ``run-<device>.md`` into ``--out``
+(default ``benchmarks/results/``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+X_DIM, HIDDEN, Z_DIM = 784, 400, 50
+BATCH, LR, MIN_SCALE = 128, 1e-3, 1e-4
+N_TRAIN = 50_000  # the full binarized MNIST training split
+STEPS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)
+IWAE_K = 50
+SPEC = _common.REPO / "models" / "vae_bmnist.toml"
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+TORCH_ADAM_FOREACH = True  # what ppvae.infer.train._make_optimizer passes for adam
+TARGETS = {"elbo": 1.10, "iwae50": 1.20, "evaluation": 1.20}
+
+# Multiply-accumulates of one forward pass: encoder per data point, decoder per particle.
+ENCODER_MACS = X_DIM * HIDDEN + HIDDEN * 2 * Z_DIM
+DECODER_MACS = Z_DIM * HIDDEN + HIDDEN * X_DIM
+
+
+def flops_per_point(particles: int) -> float:
+    """Forward + backward FLOPs of the linear layers for one data point."""
+    return 3 * 2 * (ENCODER_MACS + particles * DECODER_MACS)
+
+
+# --------------------------------------------------------------------------------------
+# the three implementations
+
+
+class TorchVAE(nn.Module):
+    """The ``vae_bmnist`` network in plain PyTorch, and its losses written by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(X_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 2 * Z_DIM)
+        )
+        self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, X_DIM))
+
+    def load_ppvae(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Copy the weights of ppvae's model/guide pair (same layers, same order)."""
+
+        def part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+        self.encoder.load_state_dict(part(states["guide"], "posterior.net."))
+        self.decoder.load_state_dict(part(states["model"], "decoder."))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = self.encoder(x).split(Z_DIM, dim=-1)
+        return loc, F.softplus(raw) + MIN_SCALE
+
+    def log_weights(self, x: torch.Tensor, particles: int | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) at z ~ q(z|x) (reparameterized), shape
+        ``(B,)`` or ``(particles, B)``."""
+        loc, scale = self.posterior(x)
+        shape = loc.shape if particles is None else (particles, *loc.shape)
+        z = loc + scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        log_q = (-0.5 * ((z - loc) / scale).pow(2) - HALF_LOG_2PI).sum(-1) - scale.log().sum(-1)
+        log_pz = (-0.5 * z.pow(2) - HALF_LOG_2PI).sum(-1)
+        logits = self.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+        return log_px + log_pz - log_q
+
+    def loss(self, x: torch.Tensor, particles: int) -> torch.Tensor:
+        """Negative ELBO (particles = 1) or IWAE bound per data point."""
+        if particles == 1:
+            return -self.log_weights(x).mean()
+        log_w = self.log_weights(x, particles)
+        return -(torch.logsumexp(log_w, 0) - math.log(particles)).mean()
+
+
+def _permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The shuffle of one epoch, drawn exactly as ppvae's fit draws it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+class PpvaeRunner:
+    """``ppvae.fit`` for one epoch over the data it is given."""
+
+    label = "ppvae fit"
+
+    def __init__(self, model, guide, states, particles: int, device: torch.device) -> None:
+        from ppvae.infer.objectives import OBJECTIVES
+
+        self.model, self.guide, self.states, self.device = model, guide, states, device
+        self.objective = (
+            "elbo" if particles == 1 else OBJECTIVES.get("iwae")(num_particles=particles)
+        )
+
+    def run(self, x: torch.Tensor, seed: int) -> dict[str, float]:
+        from ppvae.infer.train import fit
+
+        self.model.load_state_dict(self.states["model"])
+        self.guide.load_state_dict(self.states["guide"])
+        _common.synchronize(self.device)
+        start = time.perf_counter()
+        history = fit(
+            self.model,
+            self.guide,
+            x,
+            objective=self.objective,
+            epochs=1,
+            batch_size=BATCH,
+            lr=LR,
+            device=self.device,
+            seed=seed,
+            progress=False,
+        )
+        _common.synchronize(self.device)
+        call = time.perf_counter() - start
+        record = history.records[-1]
+        return {"seconds": record["seconds"], "call_seconds": call, "loss": record["train_loss"]}
+
+
+class TorchRunner:
+    """A hand-written loop: Adam on :meth:`TorchVAE.loss`."""
+
+    label = "hand-written torch"
+
+    def __init__(self, states, particles: int, device: torch.device) -> None:
+        self.net = TorchVAE().to(device)
+        self.states, self.particles, self.device = states, particles, device
+
+    def run(self, x: torch.Tensor, seed: int) -> dict[str, float]:
+        self.net.load_ppvae(self.states)
+        opt = torch.optim.Adam(self.net.parameters(), lr=LR, foreach=TORCH_ADAM_FOREACH)
+        torch.manual_seed(seed)
+        perm = _permutation(len(x), seed, self.device)
+        _common.synchronize(self.device)
+        start = time.perf_counter()
+        total = torch.zeros((), device=self.device)
+        for idx in perm.split(BATCH):
+            xb = x.index_select(0, idx)
+            opt.zero_grad(set_to_none=True)
+            loss = self.net.loss(xb, self.particles)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * idx.shape[0]
+        mean = float(total) / len(x)
+        _common.synchronize(self.device)
+        return {"seconds": time.perf_counter() - start, "loss": mean}
+
+
+class PyroSviRunner:
+    """Idiomatic Pyro: ``SVI`` with ``pyro.module`` programs, ``pyro.optim.Adam`` and
+    ``Trace_ELBO`` (Pyro's defaults, validation included)."""
+
+    label = "pyro SVI"
+
+    def __init__(self, states, particles: int, device: torch.device) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        assert particles == 1
+        self.net = net = TorchVAE().to(device)
+        self.states, self.device = states, device
+
+        def model(x):
+            pyro.module("decoder", net.decoder)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(Z_DIM), x.new_ones(Z_DIM)).to_event(1))
+                pyro.sample("x", dist.Bernoulli(logits=net.decoder(z)).to_event(1), obs=x)
+
+        def guide(x):
+            pyro.module("encoder", net.encoder)
+            with pyro.plate("data", x.shape[0]):
+                loc, scale = net.posterior(x)
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+        self.model, self.guide = model, guide
+
+    def run(self, x: torch.Tensor, seed: int) -> dict[str, float]:
+        import pyro
+
+        self.net.load_ppvae(self.states)
+        pyro.clear_param_store()
+        svi = pyro.infer.SVI(
+            self.model, self.guide, pyro.optim.Adam({"lr": LR}), pyro.infer.Trace_ELBO()
+        )
+        pyro.set_rng_seed(seed)
+        perm = _permutation(len(x), seed, self.device)
+        _common.synchronize(self.device)
+        start = time.perf_counter()
+        total = 0.0
+        for idx in perm.split(BATCH):
+            total += svi.step(x.index_select(0, idx))  # the batch's summed loss, a float
+        _common.synchronize(self.device)
+        return {"seconds": time.perf_counter() - start, "loss": total / len(x)}
+
+
+def make_runner(name: str, particles: int, states, device, model=None, guide=None):
+    if name == "ppvae":
+        if model is None:
+            model, guide = build_ppvae_pair()
+        return PpvaeRunner(model, guide, states, particles, device)
+    if name == "torch":
+        return TorchRunner(states, particles, device)
+    if name == "pyro_svi":
+        return PyroSviRunner(states, particles, device)
+    raise ValueError(name)
+
+
+def build_ppvae_pair():
+    """vae_bmnist's model/guide pair without loading its data (784 inputs)."""
+    from ppvae.models.vae import build_vae
+    from ppvae.spec import load_spec
+
+    spec = load_spec(SPEC)
+    return build_vae(
+        X_DIM,
+        spec.model.latent_dim,
+        spec.model.hidden,
+        spec.model.activation,
+        prior=spec.prior,
+        guide=spec.guide,
+        likelihood=spec.likelihood,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# measurements
+
+
+def interleaved(runners: dict[str, Any], x, warmup_x, repeats: int) -> dict[str, list[dict]]:
+    """Warm every runner up, then run them in turn ``repeats`` times on the same data."""
+    for runner in runners.values():
+        runner.run(warmup_x, seed=999)
+    results: dict[str, list[dict]] = {name: [] for name in runners}
+    for r in range(repeats):
+        for name, runner in runners.items():
+            results[name].append(runner.run(x, seed=1000 + r))
+    return results
+
+
+def summarize_training(results, points: int, particles: int, peak: float) -> dict[str, Any]:
+    steps = math.ceil(points / BATCH)
+    flops = flops_per_point(particles) * points
+    out: dict[str, Any] = {
+        "particles": particles,
+        "points_per_repeat": points,
+        "steps_per_repeat": steps,
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "flops_per_repeat": flops,
+        "variants": {},
+    }
+    for name, runs in results.items():
+        seconds = [r["seconds"] for r in runs]
+        med = _common.median(seconds)
+        entry = {
+            "seconds": seconds,
+            "median_seconds": med,
+            "ms_per_step": 1e3 * med / steps,
+            "seconds_per_epoch": med / steps * STEPS_PER_EPOCH,
+            "loss": [r["loss"] for r in runs],
+            "gflops": flops / med / 1e9,
+            "peak_fraction": flops / med / 1e9 / peak,
+        }
+        if "call_seconds" in runs[0]:
+            entry["call_seconds"] = [r["call_seconds"] for r in runs]
+            entry["median_call_seconds"] = _common.median(entry["call_seconds"])
+        out["variants"][name] = entry
+    ref = out["variants"]["torch"]["median_seconds"]
+    out["ratios"] = {
+        f"{name}/torch": v["median_seconds"] / ref
+        for name, v in out["variants"].items()
+        if name != "torch"
+    }
+    if "ppvae" in out["variants"]:
+        out["ratios"]["ppvae_call/torch"] = out["variants"]["ppvae"]["median_call_seconds"] / ref
+    return out
+
+
+def matmul_peak(device: torch.device, size: int, repeats: int = 5) -> dict[str, float]:
+    """Float32 GFLOP/s of a square ``torch.matmul`` (best and median of ``repeats``)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        _common.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _common.synchronize(device)
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * size**3
+    return {
+        "size": size,
+        "gflops": flops / min(times) / 1e9,
+        "gflops_median": flops / _common.median(times) / 1e9,
+    }
+
+
+def evaluation_timing(args, bundle, device, isbench) -> tuple[dict[str, Any], Any, Any]:
+    """ppvae's importance sampler against importance.py's hand-written one, interleaved."""
+    argv = ["--device", str(device), "--n", str(args.eval_n), "--k", str(args.eval_k)]
+    argv += ["--train-steps", str(args.eval_train_steps)]
+    eargs = isbench.parse(argv + (["--quick"] if args.quick else []))
+    torch.manual_seed(0)
+    test_x = bundle.test.x[: eargs.n]
+    model, guide = isbench.Decoder().to(device), isbench.Encoder().to(device)
+    train_seconds = isbench.train(model, guide, bundle.train.x, eargs.train_steps, device)
+    model.eval()
+    guide.eval()
+    warm = argparse.Namespace(**{**vars(eargs), "k": min(eargs.k, 30)})
+    warm.chunk_size = min(warm.chunk_size, warm.k)
+    phases = ("ppvae", "torch")
+    for phase in phases:
+        isbench.ESTIMATORS[phase](model, guide, test_x[:1], warm)
+    runs: dict[str, list[float]] = {p: [] for p in phases}
+    log_px: dict[str, float] = {}
+    for r in range(args.eval_repeats):
+        for phase in phases:
+            torch.manual_seed(r)
+            _common.synchronize(device)
+            start = time.perf_counter()
+            values = isbench.ESTIMATORS[phase](model, guide, test_x, eargs)
+            _common.synchronize(device)
+            runs[phase].append(time.perf_counter() - start)
+            log_px[phase] = float(values.mean())
+    out: dict[str, Any] = {
+        "n": int(eargs.n),
+        "k": int(eargs.k),
+        "batch_size": eargs.batch_size,
+        "chunk_size": eargs.chunk_size,
+        "network": "importance.py's 784-400-50 ReLU VAE",
+        "train_steps": eargs.train_steps,
+        "train_seconds": train_seconds,
+        "repeats": args.eval_repeats,
+        "variants": {
+            p: {
+                "seconds": runs[p],
+                "median_seconds": _common.median(runs[p]),
+                "mean_log_px": log_px[p],
+                "gflops": eargs.n * eargs.k * 2 * (DECODER_MACS) / _common.median(runs[p]) / 1e9,
+            }
+            for p in phases
+        },
+    }
+    out["ratios"] = {
+        "ppvae/torch": out["variants"]["ppvae"]["median_seconds"]
+        / out["variants"]["torch"]["median_seconds"]
+    }
+    state = {"model": model.state_dict(), "guide": guide.state_dict(), "x": test_x.cpu()}
+    return out, eargs, state
+
+
+# --------------------------------------------------------------------------------------
+# memory: one child process per variant
+
+
+def child(args) -> None:
+    """Run one variant once on the saved data and print its memory as a RESULT line."""
+    import json
+
+    device = torch.device(args.device)
+    saved = torch.load(args.state_file, map_location="cpu", weights_only=True)
+    states = {"model": saved["model"], "guide": saved["guide"]}
+    x = saved["x"].to(device)
+    runner = make_runner(args.child, args.particles, states, device)
+    baseline = _common.max_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    result = runner.run(x, seed=0)
+    record = {
+        "variant": args.child,
+        "particles": args.particles,
+        "points": len(x),
+        "seconds": result["seconds"],
+        "rss_peak_mb": _common.max_rss_mb(),
+        "rss_baseline_mb": baseline,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def _parse_result(proc: subprocess.CompletedProcess, what: str) -> dict[str, Any] | None:
+    import json
+
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"memory of {what}: the child failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    record = json.loads(lines[-1][len("RESULT ") :])
+    record["rss_above_baseline_mb"] = record["rss_peak_mb"] - record["rss_baseline_mb"]
+    return record
+
+
+def memory_pass(args, device, states, x, eval_state, eargs, isbench) -> dict[str, Any]:
+    """Every variant alone in its own process (several at a time: memory, not time)."""
+    jobs: list[tuple[str, list[str]]] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload, particles, steps, names in (
+            ("elbo", 1, args.memory_steps, ("ppvae", "torch", "pyro_svi")),
+            ("iwae50", IWAE_K, max(1, args.iwae_steps // 4), ("ppvae", "torch")),
+        ):
+            path = os.path.join(tmp, f"{workload}.pt")
+            torch.save({**states, "x": x[: steps * BATCH].cpu()}, path)
+            for name in names:
+                argv = [sys.executable, os.path.abspath(__file__), "--child", name]
+                argv += ["--particles", str(particles), "--state-file", path]
+                jobs.append((f"{workload}/{name}", argv + ["--device", str(device)]))
+        if eval_state is not None:
+            path = os.path.join(tmp, "eval.pt")
+            torch.save(eval_state, path)
+            for phase in ("ppvae", "torch"):
+                jobs.append((f"evaluation/{phase}", isbench._child_argv(eargs, phase, path)))
+        results: dict[str, Any] = {}
+        width = max(1, min(len(jobs), args.memory_jobs))
+        running: list[tuple[str, subprocess.Popen]] = []
+        pending = list(jobs)
+        while pending or running:
+            while pending and len(running) < width:
+                what, argv = pending.pop(0)
+                proc = subprocess.Popen(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+                )
+                running.append((what, proc))
+            what, proc = running.pop(0)
+            out, err = proc.communicate()
+            record = _parse_result(
+                subprocess.CompletedProcess(proc.args, proc.returncode, out, err), what
+            )
+            if record is not None:
+                record.pop("log_px", None)
+                results[what] = record
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["memory"]
+
+    def mem(key: str) -> list[Any]:
+        r = m.get(key)
+        if r is None:
+            return [None, None, None]
+        return [r["rss_peak_mb"], r["rss_above_baseline_mb"], r.get("cuda_peak_mb")]
+
+    cfg = report["config"]
+    lines = [
+        f"# ppvae speed benchmark ({report['machine']['device']})",
+        "",
+        *_common.machine_lines(report["machine"]),
+        f"- float32 matmul peak ({report['matmul_peak']['size']}^2): "
+        f"{report['matmul_peak']['gflops']:.1f} GFLOP/s",
+        f"- data: binarized MNIST, {cfg['train_points']} training images loaded"
+        + (" (--quick: limited; per-epoch figures extrapolated to 50,000)" if cfg["quick"] else ""),
+        f"- repeats: {cfg['repeats']} interleaved after a warm-up; medians shown; pyro validation "
+        f"(pyro_svi) {'on' if cfg['pyro_validation_default'] else 'off'}",
+        "",
+        "## Training (vae_bmnist network, batch 128, Adam 1e-3)",
+        "",
+    ]
+    headers = [
+        "workload",
+        "variant",
+        "s / epoch",
+        "x torch",
+        "target",
+        "ms / step",
+        "GFLOP/s",
+        "% of peak",
+        "RSS peak MB",
+        "RSS +MB",
+        "CUDA MB",
+        "mean loss",
+    ]
+    rows = []
+    labels = {"ppvae": "ppvae fit", "torch": "hand-written torch", "pyro_svi": "pyro SVI"}
+    for workload, title in (("elbo", "ELBO (1 sample)"), ("iwae50", "IWAE k=50")):
+        t = report["training"][workload]
+        for name, v in t["variants"].items():
+            ratio = t["ratios"].get(f"{name}/torch", 1.0)
+            target = f"<= {TARGETS[workload]:.2f}" if name == "ppvae" else ""
+            rows.append(
+                [
+                    title,
+                    labels[name],
+                    v["seconds_per_epoch"],
+                    ratio,
+                    target,
+                    v["ms_per_step"],
+                    v["gflops"],
+                    100 * v["peak_fraction"],
+                    *mem(f"{workload}/{name}"),
+                    _common.median(v["loss"]),
+                ]
+            )
+    lines.append(_common.markdown_table(headers, rows))
+    el, iw = report["training"]["elbo"], report["training"]["iwae50"]
+    lines += [
+        "",
+        f"ELBO: {el['steps_per_repeat']} steps per repeat; IWAE: {iw['steps_per_repeat']} steps per "
+        f"repeat, s / epoch = median x {STEPS_PER_EPOCH} / steps. ppvae's time is fit's recorded "
+        f"epoch time; the whole fit call (set-up included) is "
+        f"{el['ratios']['ppvae_call/torch']:.2f}x (ELBO) and {iw['ratios']['ppvae_call/torch']:.2f}x "
+        "(IWAE) hand-written.",
+    ]
+    ev = report.get("evaluation")
+    if ev:
+        lines += [
+            "",
+            f"## Evaluation (importance sampling, N = {ev['n']} points, K = {ev['k']}, batch "
+            f"{ev['batch_size']}, chunk {ev['chunk_size']}; {ev['network']})",
+            "",
+        ]
+        rows = []
+        for name, v in ev["variants"].items():
+            ratio = ev["ratios"]["ppvae/torch"] if name == "ppvae" else 1.0
+            target = f"<= {TARGETS['evaluation']:.2f}" if name == "ppvae" else ""
+            rows.append(
+                [
+                    "ppvae log_marginal_likelihood" if name == "ppvae" else "hand-written torch",
+                    v["median_seconds"],
+                    ratio,
+                    target,
+                    v["gflops"],
+                    *mem(f"evaluation/{name}"),
+                    v["mean_log_px"],
+                ]
+            )
+        headers = ["estimator", "seconds", "x torch", "target", "GFLOP/s (decoder)"]
+        headers += ["RSS peak MB", "RSS +MB", "CUDA MB", "mean log p(x)"]
+        lines.append(_common.markdown_table(headers, rows))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# main
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, seconds")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--out", type=Path, default=_common.RESULTS, help="output folder")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (default 5)")
+    p.add_argument(
+        "--elbo-steps", type=int, default=0, help="ELBO steps per repeat (0: a full epoch)"
+    )
+    p.add_argument("--iwae-steps", type=int, default=20, help="IWAE k=50 steps per repeat")
+    p.add_argument("--eval-n", type=int, default=500, help="evaluation: test points")
+    p.add_argument("--eval-k", type=int, default=1000, help="evaluation: importance samples")
+    p.add_argument("--eval-repeats", type=int, default=3)
+    p.add_argument("--eval-train-steps", type=int, default=500, help="training of its network")
+    p.add_argument("--memory-steps", type=int, default=50, help="ELBO steps of a memory child")
+    p.add_argument("--memory-jobs", type=int, default=os.cpu_count() or 1, help="children at once")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory pass")
+    p.add_argument("--no-evaluation", action="store_true", help="skip the evaluation rows")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--peak-size", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 CUDA)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--particles", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--state-file", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.iwae_steps, args.eval_repeats = 2, 2, 2
+        args.memory_steps = 2
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return 0
+    _common.require_data_dir()
+    device = _common.resolve_device(args.device)
+    if device is None:
+        return 0
+    import importance as isbench
+    import pyro
+
+    from ppvae.infer.train import _make_optimizer
+    from ppvae.run import build
+    from ppvae.spec import load_spec
+
+    overrides = [f"train.device={device.type}"]
+    if args.quick:
+        overrides.append("data.limit=2048")
+    spec = load_spec(SPEC, overrides)
+    print(f"loading binarized MNIST and building {SPEC.name} ...", flush=True)
+    bundle, model, guide = build(spec)
+    x = bundle.train.x.to(device)
+    states = {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "guide": {k: v.detach().clone() for k, v in guide.state_dict().items()},
+    }
+    probe = _make_optimizer("adam", [torch.zeros(1, requires_grad=True)], LR, 0.0, device)
+    ppvae_foreach = probe.defaults.get("foreach")
+    if ppvae_foreach != TORCH_ADAM_FOREACH:
+        print(
+            f"warning: ppvae's Adam uses foreach={ppvae_foreach}, the baseline {TORCH_ADAM_FOREACH}"
+        )
+    report: dict[str, Any] = {
+        "benchmark": "ppvae speed (issue 6)",
+        "machine": _common.machine_info(device),
+        "config": {
+            "quick": args.quick,
+            "spec": SPEC.name,
+            "batch_size": BATCH,
+            "lr": LR,
+            "train_points": len(x),
+            "repeats": args.repeats,
+            "iwae_particles": IWAE_K,
+            "adam_foreach": {"ppvae": ppvae_foreach, "torch": TORCH_ADAM_FOREACH},
+            "pyro_validation_default": pyro.infer.util.is_validation_enabled(),
+        },
+        "targets": TARGETS,
+    }
+    size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    report["matmul_peak"] = peak = matmul_peak(device, size)
+    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s", flush=True)
+
+    elbo_x = x if not args.elbo_steps else x[: args.elbo_steps * BATCH]
+    warm_x = x[: (2 if args.quick else 5) * BATCH]
+    print(f"timing ELBO: {args.repeats} x {math.ceil(len(elbo_x) / BATCH)} steps ...", flush=True)
+    runners = {
+        "ppvae": make_runner("ppvae", 1, states, device, model, guide),
+        "torch": make_runner("torch", 1, states, device),
+        "pyro_svi": make_runner("pyro_svi", 1, states, device),
+    }
+    results = interleaved(runners, elbo_x, warm_x, args.repeats)
+    report["training"] = {"elbo": summarize_training(results, len(elbo_x), 1, peak["gflops"])}
+
+    iwae_x = x[: args.iwae_steps * BATCH]
+    print(f"timing IWAE k={IWAE_K}: {args.repeats} x {args.iwae_steps} steps ...", flush=True)
+    runners = {
+        "ppvae": make_runner("ppvae", IWAE_K, states, device, model, guide),
+        "torch": make_runner("torch", IWAE_K, states, device),
+    }
+    results = interleaved(runners, iwae_x, x[:BATCH], args.repeats)
+    report["training"]["iwae50"] = summarize_training(results, len(iwae_x), IWAE_K, peak["gflops"])
+
+    eval_state = eargs = None
+    if not args.no_evaluation:
+        print("timing evaluation ...", flush=True)
+        report["evaluation"], eargs, eval_state = evaluation_timing(args, bundle, device, isbench)
+    report["memory"] = {}
+    if not args.no_memory:
+        print("measuring memory (one child process per variant) ...", flush=True)
+        report["memory"] = memory_pass(args, device, states, x, eval_state, eargs, isbench)
+
+    text = markdown(report)
+    stem = f"run-{device.type}"
+    _common.write_json(args.out / f"{stem}.json", report)
+    _common.write_text(args.out / f"{stem}.md", text)
+    print()
+    print(text)
+    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
