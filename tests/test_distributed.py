@@ -4,17 +4,18 @@ CPU (gloo) against a single process with the same spec and global batch size.
 The two-process run draws the same shuffles and initial weights as the single process but
 other latent samples (rank r uses seed + 7919 r), so it matches the single process only
 statistically: its final validation ELBO must lie within the spread that changing the seed
-causes. Measured here (digits, limit 256, hidden [32], latent 8, batch 64, 3 epochs), final
-validation ELBO of single-process runs with seeds 0, 1, 2: -44.4907, -44.5140, -44.4800
-(spread 0.034 nats); two processes, seed 0: -44.4701, i.e. 0.021 from seed 0. The tolerance
-is max(3 x spread, 0.05 nats), with the spread re-measured in the test.
+causes. Measured (digits, limit 256, hidden [32], latent 8, global batch 64, 3 epochs =
+12 steps, CPU): final validation ELBO of single-process runs with seeds 0..4: -44.463,
+-43.727, -44.234, -44.053, -44.363 (seeds 0-2: spread max - min = 0.736 nats; the seed
+moves the initial weights, which 12 steps do not wash out; 6 epochs at lr 1e-2 still
+leave 0.45 over 5 seeds). Two processes, seed 0: -44.470, 0.007 from the single process with seed 0.
+Tolerance: max(3 x spread, 0.05) = 2.2 nats, with the spread re-measured in the test.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,6 @@ def _gloo_missing() -> str | None:
         return "torch.distributed is not available in this build of PyTorch"
     if not dist.is_gloo_available():
         return "the gloo backend of torch.distributed is not available"
-    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
-        return "torchrun is not installed"
     return None
 
 
@@ -96,7 +95,7 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     ddp_dir = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` command
     sets = [arg for o in OVERRIDES for arg in ("--set", o)]
     proc = subprocess.Popen(
         [*torchrun, "--standalone", "--nproc_per_node=2", "-m", "ppvae", "train",
@@ -132,5 +131,6 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
         f"two processes {ddp_elbo:.4f}; |diff| {abs(ddp_elbo - final[0]):.4f} <= {tolerance:.4f}"
     )
     assert abs(ddp_elbo - final[0]) <= tolerance
+    assert ddp_elbo > records[0]["valid_elbo"]  # and it did learn
     # and the training loss is reduced over both processes (the mean over every point)
     assert abs(records[-1]["train_loss"] - _records(single)[-1]["train_loss"]) <= 2 * tolerance

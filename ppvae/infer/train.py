@@ -43,6 +43,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -605,7 +606,12 @@ def _run(state: TrainState, cbs: list[Callback], epoch_batches, transform, valid
     for cb in cbs:
         cb.on_train_start(state)
     try:
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            # every loss and gradient is checked here (on_nan): Pyro's "Encountered NaN"
+            # warnings would only print lines in front of the one-sentence error
+            warnings.filterwarnings(
+                "ignore", message=r"Encountered (NaN|\+inf|-inf)", category=UserWarning
+            )
             while state.epoch < state.epochs and not state.stop:
                 _run_epoch(state, cbs, epoch_batches, transform, valid)
     finally:
@@ -658,6 +664,13 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
             enumerate=state.objective.enumerates,
         )
         monitored = record["valid_elbo"]
+        if state.on_nan == "stop" and not math.isfinite(monitored):
+            # finite losses but diverged weights: stop before they are saved as last.pt
+            raise TrainingError(
+                f"the validation ELBO became {'NaN' if math.isnan(monitored) else 'infinite'} "
+                f"after epoch {state.epoch} (step {state.step}): training diverged; lower "
+                "train.lr or set train.clip_norm"
+            )
     else:
         monitored = -record["train_loss"]
     if monitored > state.best_value:
