@@ -168,16 +168,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict) -> None:
+    def num(value, fmt: str = ".3f") -> str:
+        return "n/a" if value is None else format(value, fmt)
+
     print(f"split {s['split']}: n = {s['n']}, K = {s['num_samples']} importance samples")
-    print(f"  log p(x)  {s['log_px']:.4f} +- {s['log_px_sem']:.4f} (s.e. over points)")
-    print(f"  ELBO      {s['elbo']:.4f} +- {s['elbo_sem']:.4f}")
+    print(f"  log p(x)  {s['log_px']:.4f} +- {num(s['log_px_sem'], '.4f')} (s.e. over points)")
+    print(f"  ELBO      {s['elbo']:.4f} +- {num(s['elbo_sem'], '.4f')}")
     print(f"  gap       {s['gap']:.4f}  (mean KL(q(z|x) || p(z|x)) estimate)")
     print(f"  ESS       median {s['ess_median']:.1f}, min {s['ess_min']:.1f} of {s['num_samples']}")
-    print(
-        f"  k-hat     max {s['khat_max']:.3f}, median {s['khat_median']:.3f}, "
-        f"share > 0.7: {s['khat_frac_bad']:.3f}, share > {s['khat_threshold']:.3f}: "
-        f"{s['khat_frac_above_threshold']:.3f}"
-    )
+    if s["khat_max"] is None:
+        print("  k-hat     n/a (needs at least 21 importance samples)")
+    else:
+        print(
+            f"  k-hat     max {num(s['khat_max'])}, median {num(s['khat_median'])}, "
+            f"share > 0.7: {num(s['khat_frac_bad'])}, share > {s['khat_threshold']:.3f}: "
+            f"{num(s['khat_frac_above_threshold'])}"
+        )
     print(f"  per-point values: {s['per_point_file']}")
     print(f"  k-hat plot: {s['khat_plot']}")
 

@@ -435,9 +435,9 @@ def _posterior_means(run, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
     guide = run.guide
     posterior = getattr(guide, "posterior", None)
     if callable(posterior):
-        q, name = posterior(*inputs), "z"
+        q, name = posterior(*inputs), "z | x" + (", y" if len(inputs) > 1 else "")
     elif callable(getattr(guide, "q_z1", None)):
-        q, name = guide.q_z1(inputs[0]), "z1"
+        q, name = guide.q_z1(inputs[0]), "z1 | x"
     else:
         return (
             f"the guide of model kind {run.spec.model.kind!r} has no amortized posterior "
@@ -450,7 +450,7 @@ def _posterior_means(run, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
     mean = mean.detach().float().cpu()
     if mean.dim() != 2 or mean.shape[0] != inputs[0].shape[0]:
         return f"the guide's posterior has shape {tuple(mean.shape)}, not [N, latent]: no latent-space view"
-    return mean, f"{how} E[{name} | x]"
+    return mean, f"{how} E[{name}]"
 
 
 def _project(z: torch.Tensor) -> tuple[np.ndarray, list[str], str]:
@@ -660,6 +660,13 @@ _SECTIONS = [
 ]
 
 
+def _check_target(target: Path) -> None:
+    if target.is_dir():
+        raise RunDirError(
+            f"the report file {str(target)!r} is a folder; give a file name such as report.html"
+        )
+
+
 def write_report(run_dir, *, out: str | Path | None = None) -> Path:
     """Write the HTML report of a run folder (or of a loaded :class:`~ppvae.run.Run`).
 
@@ -697,16 +704,14 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
             raise RunDirError(
                 f"{str(path / _SPEC_FILE)!r} cannot be read ({err.__class__.__name__})"
             ) from None
+        _check_target(Path(out) if out is not None else path / REPORT_FILE)
         try:
             run = load_run(path, which="best", device="cpu")
         except PpvaeError as err:
             load_error = str(err)
-    target = Path(out) if out is not None else path / REPORT_FILE
-    if target.is_dir():
-        raise RunDirError(
-            f"--out {str(target)!r} is a folder; give a file name such as report.html"
-        )
 
+    target = Path(out) if out is not None else path / REPORT_FILE
+    _check_target(target)
     spec_dict, spec_error = None, None
     try:
         spec_dict = tomllib.loads(spec_text)

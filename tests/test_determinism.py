@@ -57,7 +57,11 @@ def test_same_seed_same_run_bit_for_bit_across_processes(tmp_path):
     procs = {
         name: subprocess.Popen(
             [sys.executable, "-m", "ppvae", *_SPEC, "--seed", "0", "--out", str(tmp_path / name)],
-            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for name in ("a", "b")
     }

@@ -117,10 +117,11 @@ X_VALID = ppca_data(48, seed=1)
 # learning
 
 
+@pytest.mark.slow
 def test_fit_learns_the_ppca_covariance():
     x = ppca_data(400)
     model, guide = pair()
-    history = fit(model, guide, x, epochs=60, batch_size=100, lr=0.05, **FAST)
+    history = fit(model, guide, x, epochs=40, batch_size=100, lr=0.03, **FAST)
     losses = history["train_loss"]
     assert losses[-1] < losses[0] - 1.0
     target = torch.cov(x.T)
@@ -428,7 +429,7 @@ def test_a_tuple_of_tensors_is_passed_as_arguments():
     x = 2.0 * y[:, None] + 0.1 * torch.randn(96, D)
     model = Conditional()
     fit(model, _Wrap2(), (x, y), epochs=30, batch_size=32, lr=0.1, **FAST)
-    assert float(model.w) == pytest.approx(2.0, abs=0.2)
+    assert float(model.w.detach()) == pytest.approx(2.0, abs=0.2)
 
 
 class _Wrap2(nn.Module):
@@ -452,27 +453,52 @@ def test_data_of_the_wrong_form_is_a_data_error(data, pattern):
     assert "\n" not in str(err.value)
 
 
+class Counts(PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(K, D))
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(K), 1.0).to_event(1))
+            pyro.sample("x", dist.Poisson((z @ self.w).exp()).to_event(1), obs=x)
+
+
 def test_data_outside_the_likelihoods_support_is_a_data_error():
-    model, guide = pair()
-    bad = X.clone()
-    bad[3, 1] = float("nan")
-    with pytest.raises(DataError, match="fail on a training batch") as err:
-        fit(model, guide, bad, epochs=1, batch_size=96, **FAST)
+    torch.manual_seed(0)
+    counts = torch.poisson(torch.full((20, D), 2.0))
+    counts[3, 1] = 0.5
+    with pytest.raises(DataError, match=r"fail on a training batch of shape \(20, 3\)") as err:
+        fit(Counts(), Encoder(), counts, epochs=1, batch_size=20, **FAST)
     assert "\n" not in str(err.value)
+    fit(Counts(), Encoder(), counts.round(), epochs=1, batch_size=20, **FAST)
 
 
-def test_data_of_the_wrong_width_is_a_data_error():
+def _nan_data():
+    bad = X[:20].clone()
+    bad[3, 1] = float("nan")
+    return bad
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: torch.randn(20, D + 2), _nan_data], ids=["wrong-width", "nan"]
+)
+def test_data_the_guide_cannot_take_is_a_data_error(make):
     model, guide = pair()
     with pytest.raises(PpvaeError) as err:
         try:
-            fit(model, guide, torch.randn(20, D + 2), epochs=1, **FAST)
-        except RuntimeError as e:
+            fit(model, guide, make(), epochs=1, batch_size=20, **FAST)
+        except (RuntimeError, ValueError) as e:
+            if isinstance(e, PpvaeError):
+                raise
             pytest.xfail(
-                "ppvae/infer/train.py: fit runs _collect_params (guide and model) before "
-                f"_check_first_batch, so a shape mismatch escapes as RuntimeError: {e}"
+                "ppvae/infer/train.py fit(): _collect_params runs the guide and the model before "
+                "_check_first_batch, so data the guide cannot take escapes as "
+                f"{type(e).__name__} instead of DataError"
             )
     assert isinstance(err.value, DataError)
-    assert "(20, 5)" in str(err.value) and "\n" not in str(err.value)
+    assert "fail on a training batch of shape (20, " in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_valid_data_must_be_tensors():
