@@ -32,7 +32,8 @@ set against a large float32 ``torch.matmul`` on the same device (the "peak").
 Peak memory: every variant runs again, alone, in a child process (after the timings),
 which reports its peak resident memory (``ru_maxrss``) and, on CUDA,
 ``torch.cuda.max_memory_allocated``; "+MB" is the peak above the child's resident memory
-once imports, network and data are loaded.
+once imports, network and data are loaded (``--quick`` measures three children only:
+``elbo/ppvae``, ``elbo/torch``, ``evaluation/ppvae``).
 
 Usage::
 
@@ -73,6 +74,7 @@ SPEC = _common.REPO / "models" / "vae_bmnist.toml"
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 TORCH_ADAM_FOREACH = True  # what ppvae.infer.train._make_optimizer passes for adam
 TARGETS = {"elbo": 1.10, "iwae50": 1.20, "evaluation": 1.20}
+QUICK_MEMORY = ("elbo/ppvae", "elbo/torch", "evaluation/ppvae")
 
 # Multiply-accumulates of one forward pass: encoder per data point, decoder per particle.
 ENCODER_MACS = X_DIM * HIDDEN + HIDDEN * 2 * Z_DIM
@@ -489,6 +491,8 @@ def memory_pass(args, device, states, x, eval_state, eargs, isbench) -> dict[str
             torch.save(eval_state, path)
             for phase in ("ppvae", "torch"):
                 jobs.append((f"evaluation/{phase}", isbench._child_argv(eargs, phase, path)))
+        if args.quick:  # a smoke run: one child of each kind (ppvae, torch, importance.py)
+            jobs = [job for job in jobs if job[0] in QUICK_MEMORY]
         results: dict[str, Any] = {}
         width = max(1, min(len(jobs), args.memory_jobs))
         running: list[tuple[str, subprocess.Popen]] = []
@@ -661,6 +665,11 @@ def main(argv=None) -> int:
         child(args)
         return 0
     _common.require_data_dir()
+    t0 = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f} s, cpu {time.process_time():.1f}] {message}", flush=True)
+
     device = _common.resolve_device(args.device)
     if device is None:
         return 0
@@ -675,7 +684,7 @@ def main(argv=None) -> int:
     if args.quick:
         overrides.append("data.limit=2048")
     spec = load_spec(SPEC, overrides)
-    print(f"loading binarized MNIST and building {SPEC.name} ...", flush=True)
+    log(f"loading binarized MNIST and building {SPEC.name} ...")
     bundle, model, guide = build(spec)
     x = bundle.train.x.to(device)
     states = {
@@ -706,11 +715,11 @@ def main(argv=None) -> int:
     }
     size = args.peak_size or (8192 if device.type == "cuda" else 2048)
     report["matmul_peak"] = peak = matmul_peak(device, size)
-    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s", flush=True)
+    log(f"matmul peak: {peak['gflops']:.1f} GFLOP/s")
 
     elbo_x = x if not args.elbo_steps else x[: args.elbo_steps * BATCH]
     warm_x = x[: (2 if args.quick else 5) * BATCH]
-    print(f"timing ELBO: {args.repeats} x {math.ceil(len(elbo_x) / BATCH)} steps ...", flush=True)
+    log(f"timing ELBO: {args.repeats} x {math.ceil(len(elbo_x) / BATCH)} steps ...")
     runners = {
         "ppvae": make_runner("ppvae", 1, states, device, model, guide),
         "torch": make_runner("torch", 1, states, device),
@@ -720,7 +729,7 @@ def main(argv=None) -> int:
     report["training"] = {"elbo": summarize_training(results, len(elbo_x), 1, peak["gflops"])}
 
     iwae_x = x[: args.iwae_steps * BATCH]
-    print(f"timing IWAE k={IWAE_K}: {args.repeats} x {args.iwae_steps} steps ...", flush=True)
+    log(f"timing IWAE k={IWAE_K}: {args.repeats} x {args.iwae_steps} steps ...")
     runners = {
         "ppvae": make_runner("ppvae", IWAE_K, states, device, model, guide),
         "torch": make_runner("torch", IWAE_K, states, device),
@@ -730,13 +739,15 @@ def main(argv=None) -> int:
 
     eval_state = eargs = None
     if not args.no_evaluation:
-        print("timing evaluation ...", flush=True)
+        log("timing evaluation ...")
         report["evaluation"], eargs, eval_state = evaluation_timing(args, bundle, device, isbench)
     report["memory"] = {}
     if not args.no_memory:
-        print("measuring memory (one child process per variant) ...", flush=True)
+        log("measuring memory (one child process per variant) ...")
         report["memory"] = memory_pass(args, device, states, x, eval_state, eargs, isbench)
 
+    log("done")
+    report["wall_seconds"] = time.perf_counter() - t0
     text = markdown(report)
     stem = f"run-{device.type}"
     _common.write_json(args.out / f"{stem}.json", report)

@@ -9,6 +9,8 @@ Examples::
     ppvae train models/vae_bmnist.toml --set train.epochs=2 --set objective.kind=iwae --out runs/x
     ppvae evaluate runs/vae --num-samples 1000 --json
     ppvae sample runs/vae -n 64 --out samples.png
+    ppvae semisupervised models/m2_digits.toml --labels 50 100 --seeds 3 --out runs/ss
+    ppvae classify runs/ss/L50/seed0/m2 --split test --out predictions.csv
     ppvae report runs/vae
 """
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run folder")
     p.add_argument("run_dir", help="a run folder written by ppvae train")
     p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+    _add_semisupervised_parsers(sub)
     return parser
 
 
@@ -257,11 +260,110 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_semisupervised_parsers(sub) -> None:
+    """The ``semisupervised`` and ``classify`` subcommands."""
+    p = sub.add_parser(
+        "semisupervised",
+        help="train an M2 spec per label count and seed; tabulate test accuracy vs a baseline",
+    )
+    p.add_argument("spec", help="a TOML spec with model.kind = 'm2', e.g. models/m2_digits.toml")
+    p.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="L",
+        help="label counts, e.g. 100 1000",
+    )
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0 .. N-1 (default 1)")
+    p.add_argument("--out", help="experiment folder (default: runs/semisupervised-<spec name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one spec value (repeatable), e.g. --set train.epochs=5",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the labelled-only baseline")
+    p.add_argument("--force", action="store_true", help="replace an existing experiment folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished cells of an existing experiment folder",
+    )
+    p.add_argument("--progress", action="store_true", help="show a progress bar per run")
+
+    p = sub.add_parser("classify", help="predict labels with a trained semi-supervised run")
+    p.add_argument("run_dir", help="a run folder of an m2 spec")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="FILE.npz", help="inputs x (and labels y) to classify")
+    source.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        help="a split of the run's data (default test)",
+    )
+    p.add_argument(
+        "--out", metavar="FILE.csv", help="output CSV (default: RUN_DIR/classify-NAME.csv)"
+    )
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+
+
+def _cmd_semisupervised(args: argparse.Namespace) -> int:
+    from ppvae.errors import SpecError
+    from ppvae.semisupervised import run_semisupervised
+    from ppvae.spec import load_spec
+
+    if args.seeds < 1:
+        raise SpecError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.force and args.resume:
+        raise SpecError("--force and --resume exclude each other: start again or keep the runs")
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    spec = load_spec(args.spec, overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"semisupervised-{Path(args.spec).stem}"
+    result = run_semisupervised(
+        spec,
+        args.labels,
+        args.seeds,
+        out,
+        baseline=not args.no_baseline,
+        force=args.force,
+        resume=args.resume,
+        progress=args.progress,
+    )
+    print((out / "table.md").read_text(), end="")
+    print("files: " + ", ".join(str(f) for f in result.files))
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from ppvae.classify import classify_run
+
+    result = classify_run(
+        args.run_dir,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        device=args.device,
+    )
+    print(f"{len(result.predicted)} points classified; predictions written to {result.out}")
+    if result.accuracy is not None:
+        print(f"accuracy: {result.accuracy:.2f}%")
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "sample": _cmd_sample,
     "report": _cmd_report,
+    "semisupervised": _cmd_semisupervised,
+    "classify": _cmd_classify,
 }
 
 

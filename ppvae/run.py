@@ -159,6 +159,9 @@ def train_spec(
     distributed.barrier()
     if main:
         if resume:
+            # a process killed while saving leaves its temporary file behind: drop it
+            for stale in (out / "checkpoints").glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
             _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
             # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
             # line and the checkpoint must not leave a record of an epoch that is redone.
@@ -198,7 +201,9 @@ def train_spec(
     )
     run = Run(out, spec, data, model, guide)
     distributed.barrier()
-    _load_weights(run, "best")
+    # best.pt is missing only when no epoch had a finite validation ELBO (on_nan = "skip")
+    best = (out / "checkpoints" / "best.pt").is_file()
+    _load_weights(run, "best" if best else "last")
     if main:
         write_figures(run, history.records)
     distributed.barrier()

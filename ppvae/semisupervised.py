@@ -134,7 +134,9 @@ class SemiSupervisedResult:
 
 
 @torch.no_grad()
-def accuracy(predict_proba: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+def accuracy(
+    predict_proba: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> float:
     """Percentage of ``x`` whose most probable class under ``predict_proba`` is ``y``."""
     correct = 0
     for i in range(0, len(x), batch_size):
@@ -252,9 +254,7 @@ def run_cell(
     wall = time.perf_counter() - start
     data = run.data
     device = run.device
-    acc = accuracy(
-        lambda x: run.guide.predict_proba(x.to(device)), data.test.x, data.test.y
-    )
+    acc = accuracy(lambda x: run.guide.predict_proba(x.to(device)), data.test.x, data.test.y)
     if data.image_shape is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -340,7 +340,11 @@ def run_semisupervised(
         baseline: also train the labelled-only baseline.
         log: called with one line per finished cell (None: silent).
     """
-    seed_list = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+    seed_list = (
+        list(range(seeds))
+        if isinstance(seeds, int) and not isinstance(seeds, bool)
+        else list(seeds)
+    )
     labels = list(labels)
     _check_request(spec, labels, seed_list)
     # every cell's spec must parse (e.g. num_labels against the data comes later)

@@ -97,7 +97,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise SpecError(f"train.lr must be positive, got {self.lr}")
         for key in ("weight_decay", "clip_norm", "kl_warmup_epochs", "early_stopping"):
-            if getattr(self, key) < 0:
+            if not getattr(self, key) >= 0:  # refuses NaN too
                 raise SpecError(f"train.{key} must be non-negative, got {getattr(self, key)}")
         _check_device(self.device, "train.device")
 

@@ -36,6 +36,7 @@ from ppvae.cli import main
 from ppvae.errors import TrainingError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import fit
+from ppvae.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 VAE = str(REPO / "models" / "vae.toml")
@@ -127,11 +128,11 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     a kill during ``save_checkpoint`` itself would leave one ``.last.pt.*.tmp`` beside an
     intact ``last.pt`` (the rename is atomic); it is never read.
     """
-    epochs = 4
-    # 40 steps of 4 points an epoch: an epoch lasts long enough to be killed inside it
+    epochs = 3
+    # 80 steps of 2 points an epoch (~0.5-1 s): long enough to be killed inside one
     args = [
         "train", VAE, "--no-progress",
-        "--set", f"train.epochs={epochs}", "--set", "train.batch_size=4",
+        "--set", f"train.epochs={epochs}", "--set", "train.batch_size=2",
         "--set", "data.limit=160", "--set", "model.hidden=[32]",
     ]  # fmt: skip
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
@@ -346,6 +347,8 @@ def outlier_npz(tmp_path_factory) -> Path:
     x[0] = 1e20  # row 0 lands in the training split with the default split_seed
     path = tmp_path_factory.mktemp("outlier") / "outlier.npz"
     np.savez(path, x=x)
+    spec = load_spec(VAE, _outlier_args(path, path.parent / "unused")[6::2])
+    assert spec.data.load().train.x.max() > 1e19, "the outlier must be a training point"
     return path
 
 
@@ -366,6 +369,7 @@ def _outlier_args(path: Path, out: Path) -> list[str]:
         # 1 step an epoch: every loss was finite, the validation ELBO of epoch 1 is not
         (64, "error: the validation ELBO became NaN after epoch 1 (step 1): training diverged"),
     ],
+    ids=["loss", "valid_elbo"],
 )
 def test_cli_huge_learning_rate_stops_with_one_error_line(tmp_path, batch_size, message):
     with warnings.catch_warnings(record=True) as caught:

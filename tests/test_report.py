@@ -23,7 +23,15 @@ def assert_png(path, min_bytes=100):
 
 @pytest.mark.parametrize(
     ("n", "ncols", "rows", "cols"),
-    [(1, 8, 1, 1), (6, 3, 2, 3), (7, 3, 3, 3), (8, 8, 1, 8), (9, 8, 2, 8), (5, 10, 1, 5), (4, 0, 4, 1)],
+    [
+        (1, 8, 1, 1),
+        (6, 3, 2, 3),
+        (7, 3, 3, 3),
+        (8, 8, 1, 8),
+        (9, 8, 2, 8),
+        (5, 10, 1, 5),
+        (4, 0, 4, 1),
+    ],
 )
 def test_image_grid_shape(n, ncols, rows, cols):
     h, w = 2, 3
@@ -40,7 +48,9 @@ def test_image_grid_places_each_image_between_gaps():
     for i in range(n):
         r, c = divmod(i, ncols)
         top, left = 1 + r * (h + 1), 1 + c * (w + 1)
-        np.testing.assert_allclose(grid[top : top + h, left : left + w], images[i].reshape(h, w).numpy())
+        np.testing.assert_allclose(
+            grid[top : top + h, left : left + w], images[i].reshape(h, w).numpy()
+        )
     # gaps (and the unused cell of the last row) are white
     assert (grid[0, :] == 1).all() and (grid[:, 0] == 1).all()
     assert (grid[h + 1, :] == 1).all() and (grid[:, w + 1] == 1).all()

@@ -50,7 +50,12 @@ def trained(tmp_path_factory):
 def test_train_spec_writes_a_run_folder(trained):
     spec, run, history = trained
     path = run.path
-    assert sorted(p.name for p in path.iterdir()) == ["checkpoints", "figures", "metrics.jsonl", "spec.toml"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "checkpoints",
+        "figures",
+        "metrics.jsonl",
+        "spec.toml",
+    ]
     assert (path / "spec.toml").read_text() == dump_spec(spec)
     assert parse_spec(tomllib.loads((path / "spec.toml").read_text())) == spec
     lines = (path / "metrics.jsonl").read_text().splitlines()
@@ -173,8 +178,12 @@ def test_load_run_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     _spec, run, _history = trained
     copy = tmp_path / "copy"
     (copy / "checkpoints").mkdir(parents=True)
-    (copy / "checkpoints" / "best.pt").write_bytes((run.path / "checkpoints" / "best.pt").read_bytes())
-    other = parse_spec({"data": {"binarize": "dynamic"}, "model": {"latent_dim": 3, "hidden": [16]}})
+    (copy / "checkpoints" / "best.pt").write_bytes(
+        (run.path / "checkpoints" / "best.pt").read_bytes()
+    )
+    other = parse_spec(
+        {"data": {"binarize": "dynamic"}, "model": {"latent_dim": 3, "hidden": [16]}}
+    )
     (copy / "spec.toml").write_text(dump_spec(other))
     with pytest.raises(CheckpointError, match="does not match the model") as err:
         load_run(copy)

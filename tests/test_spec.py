@@ -99,7 +99,10 @@ def _candidates(tp, default) -> list[Any]:
         return [v for v in typing.get_args(tp) if v != default]
     if origin in (typing.Union, types.UnionType):
         return [
-            v for arg in typing.get_args(tp) if arg is not type(None) for v in _candidates(arg, default)
+            v
+            for arg in typing.get_args(tp)
+            if arg is not type(None)
+            for v in _candidates(arg, default)
         ]
     if origin is tuple:
         return [[3, 4], [5], [8, 8], [2, 3, 4]]
@@ -108,13 +111,22 @@ def _candidates(tp, default) -> list[Any]:
     if tp is int:
         return [v for v in (default + 1, default + 2, 1, 2, 3, 7, 100) if v != default]
     if tp is float:
-        return [
-            v for v in ((default or 1.0) * 0.5, 0.25, 0.75, 1.5, 2.0, 0.001) if v != default
-        ]
+        return [v for v in ((default or 1.0) * 0.5, 0.25, 0.75, 1.5, 2.0, 0.001) if v != default]
     if tp is str:
         return [
             v
-            for v in ("cpu", "tanh", "relu", "elu", "stl", "static", "dynamic", "valid", "x.npz", "a")
+            for v in (
+                "cpu",
+                "tanh",
+                "relu",
+                "elu",
+                "stl",
+                "static",
+                "dynamic",
+                "valid",
+                "x.npz",
+                "a",
+            )
             if v != default
         ]
     return []
@@ -189,7 +201,9 @@ def test_every_key_round_trips_with_a_changed_value(section, kind, key, tp):
 def test_to_dict_holds_every_key_with_defaults():
     spec = parse_spec({})
     d = spec.to_dict()
-    assert d["train"] == {f.name: getattr(spec.train, f.name) for f in dataclasses.fields(TrainConfig)}
+    assert d["train"] == {
+        f.name: getattr(spec.train, f.name) for f in dataclasses.fields(TrainConfig)
+    }
     assert d["evaluate"] == dataclasses.asdict(EvaluateConfig())
     for section, (_registry, default) in SECTIONS.items():
         assert d[section]["kind"] == default
@@ -275,7 +289,9 @@ def test_later_overrides_win_and_dicts_are_not_modified():
     assert raw == {"train": {"epochs": 5}}
 
 
-@pytest.mark.parametrize("text", ["train.epochs", "trainepochs=3", "train=3", ".epochs=3", "train.=3", "a.b.c=1", "=3"])
+@pytest.mark.parametrize(
+    "text", ["train.epochs", "trainepochs=3", "train=3", ".epochs=3", "train.=3", "a.b.c=1", "=3"]
+)
 def test_bad_override_syntax(text):
     with pytest.raises(SpecError, match="section.key") as err:
         parse_override(text)
@@ -290,7 +306,9 @@ def test_changing_kind_by_override_drops_the_old_kinds_keys():
     assert spec.likelihood.kind == "bernoulli"
     assert set(spec.to_dict()["likelihood"]) == {"kind"}
     # keys the new kind shares are kept
-    spec = parse_spec({"objective": {"kind": "elbo", "num_particles": 3}}, ["objective.kind=meanfield_elbo"])
+    spec = parse_spec(
+        {"objective": {"kind": "elbo", "num_particles": 3}}, ["objective.kind=meanfield_elbo"]
+    )
     assert spec.objective.kind == "meanfield_elbo" and spec.objective.num_particles == 3
     # keys set by overrides are always kept, and checked against the new kind
     refused(raw, ["likelihood.kind=bernoulli", "likelihood.scale=0.3"], match="unknown key 'scale'")
@@ -299,7 +317,11 @@ def test_changing_kind_by_override_drops_the_old_kinds_keys():
 
 
 def test_kind_override_to_an_unknown_kind_is_refused():
-    refused({}, ["prior.kind=nope"], match=r"unknown prior kind 'nope' in \[prior\]; allowed: .*standard_normal")
+    refused(
+        {},
+        ["prior.kind=nope"],
+        match=r"unknown prior kind 'nope' in \[prior\]; allowed: .*standard_normal",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -309,13 +331,33 @@ def test_kind_override_to_an_unknown_kind_is_refused():
 @pytest.mark.parametrize(
     ("raw", "overrides", "pattern"),
     [
-        ({"trian": {}}, (), r"unknown section 'trian'; allowed: data, model, prior, guide, likelihood, objective, train, evaluate"),
+        (
+            {"trian": {}},
+            (),
+            r"unknown section 'trian'; allowed: data, model, prior, guide, likelihood, objective, train, evaluate",
+        ),
         ({}, ["trian.epochs=3"], r"unknown section 'trian' in override .*; allowed: data, model"),
-        ({"train": {"epoch": 3}}, (), r"unknown key 'epoch' in \[train\]; allowed: .*batch_size.*epochs"),
+        (
+            {"train": {"epoch": 3}},
+            (),
+            r"unknown key 'epoch' in \[train\]; allowed: .*batch_size.*epochs",
+        ),
         ({}, ["train.epoch=3"], r"unknown key 'epoch' in \[train\]; allowed: .*epochs"),
-        ({"model": {"latent": 3}}, (), r"unknown key 'latent' in \[model\] \(kind 'vae'\); allowed: kind, .*latent_dim"),
-        ({"prior": {"kind": "nope"}}, (), r"unknown prior kind 'nope' in \[prior\]; allowed: .*standard_normal"),
-        ({"guide": {"kind": 3}}, (), r"unknown guide kind 3 in \[guide\]; allowed: .*diagonal_normal"),
+        (
+            {"model": {"latent": 3}},
+            (),
+            r"unknown key 'latent' in \[model\] \(kind 'vae'\); allowed: kind, .*latent_dim",
+        ),
+        (
+            {"prior": {"kind": "nope"}},
+            (),
+            r"unknown prior kind 'nope' in \[prior\]; allowed: .*standard_normal",
+        ),
+        (
+            {"guide": {"kind": 3}},
+            (),
+            r"unknown guide kind 3 in \[guide\]; allowed: .*diagonal_normal",
+        ),
         ({"objective": {"kind": "nope"}}, (), r"unknown objective kind 'nope'.*allowed: .*elbo"),
         ({"likelihood": {"kind": "nope"}}, (), r"allowed: .*bernoulli.*gaussian"),
         ({"data": {"kind": "nope"}}, (), r"allowed: .*digits"),
@@ -372,6 +414,8 @@ def test_wrong_types(override, pattern):
         ("train.lr=-0.1", r"train.lr must be positive"),
         ("train.lr=nan", r"train.lr must be positive"),
         ("train.weight_decay=-1", r"train.weight_decay must be non-negative"),
+        ("train.weight_decay=nan", r"train.weight_decay must be non-negative"),
+        ("train.clip_norm=nan", r"train.clip_norm must be non-negative"),
         ("train.clip_norm=-1", r"train.clip_norm must be non-negative"),
         ("train.kl_warmup_epochs=-1", r"train.kl_warmup_epochs must be non-negative"),
         ("train.early_stopping=-1", r"train.early_stopping must be non-negative"),
@@ -395,7 +439,12 @@ def test_sizes_must_be_positive(override, pattern):
 
 def test_kl_warmup_needs_an_elbo_objective():
     for kind in ("elbo", "meanfield_elbo"):
-        assert parse_spec({}, [f"objective.kind={kind}", "train.kl_warmup_epochs=3"]).train.kl_warmup_epochs == 3
+        assert (
+            parse_spec(
+                {}, [f"objective.kind={kind}", "train.kl_warmup_epochs=3"]
+            ).train.kl_warmup_epochs
+            == 3
+        )
     others = [k for k in SECTIONS["objective"][0] if k not in ("elbo", "meanfield_elbo")]
     if not others:
         pytest.skip("only ELBO objectives are registered")
@@ -405,7 +454,9 @@ def test_kl_warmup_needs_an_elbo_objective():
         parse_spec({}, [f"objective.kind={kind}", "train.kl_warmup_epochs=0"])
 
 
-@pytest.mark.parametrize("raw", [{"data": {"valid_fraction": 10**400}}, {"train": {"lr": -(10**400)}}])
+@pytest.mark.parametrize(
+    "raw", [{"data": {"valid_fraction": 10**400}}, {"train": {"lr": -(10**400)}}]
+)
 def test_integers_beyond_the_float_range_are_refused(raw):
     refused(raw, match="must be a number")
 
@@ -416,7 +467,7 @@ def test_integers_beyond_the_float_range_are_refused(raw):
 
 def test_load_spec_reads_files_and_applies_overrides(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('[model]\nlatent_dim = 3\nhidden = [8]\n[train]\nepochs = 4\n')
+    path.write_text("[model]\nlatent_dim = 3\nhidden = [8]\n[train]\nepochs = 4\n")
     spec = load_spec(path, ["train.epochs=2"])
     assert (spec.model.latent_dim, spec.model.hidden, spec.train.epochs) == (3, (8,), 2)
     path.write_text(dump_spec(spec))
@@ -464,12 +515,15 @@ _SCALARS = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.booleans()
     | st.text(max_size=12)
-    | st.sampled_from(_KINDS + ["auto", "cpu", "cuda:0", "static", "dynamic", "adam", "stop", "skip", "test"])
+    | st.sampled_from(
+        _KINDS + ["auto", "cpu", "cuda:0", "static", "dynamic", "adam", "stop", "skip", "test"]
+    )
 )
 _VALUES = st.recursive(
     _SCALARS,
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=4), children, max_size=2),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=2)
+    ),
     max_leaves=4,
 )
 _SECTION_TABLES = st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=8), _VALUES, max_size=5)
@@ -484,7 +538,10 @@ _OVERRIDES = st.lists(
         lambda s, k, v: f"{s}.{k}={v}",
         st.sampled_from(ALL_SECTIONS) | st.text(max_size=5),
         st.sampled_from(_KEYS) | st.text(max_size=5),
-        st.text(max_size=20) | st.sampled_from(_KINDS) | st.integers().map(str) | st.just("[" * 3000),
+        st.text(max_size=20)
+        | st.sampled_from(_KINDS)
+        | st.integers().map(str)
+        | st.just("[" * 3000),
     ),
     max_size=4,
 )

@@ -99,7 +99,7 @@ class MetricsLogger(Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_json_safe(record)) + "\n")
             f.flush()
 
 
@@ -143,6 +143,13 @@ class KLWarmup(Callback):
     def on_step_start(self, state: TrainState) -> None:
         total = self.epochs * state.steps_per_epoch
         state.kl_weight = 1.0 if total <= 0 else min(1.0, (state.step + 1) / total)
+
+
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """Non-finite floats become null (strict JSON has no NaN or Infinity)."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
 
 
 def _finite(x: float | None) -> bool:

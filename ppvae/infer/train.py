@@ -505,7 +505,8 @@ def fit(
     shuffle_generator = torch.Generator().manual_seed(seed)
     data_generator = None
     if train_transform is not None:
-        data_generator = torch.Generator(device=dev).manual_seed(seed + 1)
+        rank = 0 if dinfo is None else dinfo.rank  # each process binarizes its own part
+        data_generator = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * rank)
     world = 1 if dinfo is None else dinfo.world_size
     sampler = None
     if tensors is None:
@@ -664,7 +665,7 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
             enumerate=state.objective.enumerates,
         )
         monitored = record["valid_elbo"]
-        if state.on_nan == "stop" and not math.isfinite(monitored):
+        if not math.isfinite(monitored):  # skipping steps cannot repair diverged weights
             # finite losses but diverged weights: stop before they are saved as last.pt
             raise TrainingError(
                 f"the validation ELBO became {'NaN' if math.isnan(monitored) else 'infinite'} "

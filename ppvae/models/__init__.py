@@ -8,6 +8,7 @@
 from ppvae.models.base import MODELS, ModelConfig
 from ppvae.models.cvae import CVAE, CVAEConfig, CVAEGuide
 from ppvae.models.hvae import HVAE, HVAEConfig, HVAEGuide
+from ppvae.models.m2 import M2, M2Config, M2Guide, build_m2  # registers "m2"
 from ppvae.models.mixture import MixtureConfig, MixtureGuide, MixtureModel
 from ppvae.models.observed import (
     Classifier,
@@ -17,7 +18,6 @@ from ppvae.models.observed import (
     FactorizedDensity,
 )
 from ppvae.models.vae import VAE, VAEConfig, VAEGuide, build_vae
-from ppvae.models.m2 import M2, M2Config, M2Guide, build_m2  # registers "m2"
 
 __all__ = [
     "MODELS",

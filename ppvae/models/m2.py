@@ -106,6 +106,8 @@ __all__ = [
 #: How the class variable is summed out: ``sum_y`` values.
 SUM_Y = ("enumerate", "explicit")
 
+_EMPTY = torch.Size()
+
 # Logit of the classes a labelled point does not have: exp(-1e4) is exactly 0 in
 # float32 and float64, and 0 * 1e4 = 0 (an infinite logit would give 0 * inf = NaN).
 _OFF = -1e4
@@ -186,12 +188,12 @@ class ClassWeighted(dist.TorchDistribution):
             value = value.unsqueeze(-1 - len(self.base.event_shape))
         return (self.weights * (self.base.log_prob(value) + self.offsets)).sum(-1)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
         if self.shared_value:
             raise NotImplementedError("ClassWeighted(shared_value=True) has no rsample")
         return self.base.rsample(sample_shape)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=_EMPTY) -> torch.Tensor:
         with torch.no_grad():
             draws = self.base.sample(sample_shape)
             if not self.shared_value:
@@ -199,9 +201,7 @@ class ClassWeighted(dist.TorchDistribution):
             # one class per point from the weights, that class's draw
             c = torch.distributions.Categorical(probs=self.weights).sample(sample_shape)
             event = self.base.event_shape
-            index = c.reshape(c.shape + (1,) * (1 + len(event))).expand(
-                c.shape + (1,) + event
-            )
+            index = c.reshape(c.shape + (1,) * (1 + len(event))).expand(c.shape + (1,) + event)
             return draws.gather(-1 - len(event), index).squeeze(-1 - len(event))
 
 
@@ -234,7 +234,9 @@ class ConditionalEncoder(nn.Module):
         self.x_layer = nn.Linear(data_dim, first)
         self.y_layer = nn.Linear(num_classes, first, bias=False)
         self.rest = (
-            nn.Sequential(make_activation(activation), MLP(first, hidden[1:], 2 * latent_dim, activation))
+            nn.Sequential(
+                make_activation(activation), MLP(first, hidden[1:], 2 * latent_dim, activation)
+            )
             if hidden
             else nn.Identity()
         )
@@ -361,12 +363,16 @@ class M2(PyroModule):
                 z = pyro.sample("z", ClassWeighted(self.prior(), weights, log_py))
                 eye = torch.eye(c, dtype=data.dtype, device=data.device)
                 out = self.decoder(_cat(z, eye))
-                pyro.sample("x", ClassWeighted(self.likelihood(out), weights, shared_value=True), obs=data)
+                pyro.sample(
+                    "x", ClassWeighted(self.likelihood(out), weights, shared_value=True), obs=data
+                )
             if self.aux_scale:
                 labelled = y >= 0
                 log_q = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1))
                 log_q = log_q.squeeze(-1)
-                pyro.factor("aux", self.aux_scale * torch.where(labelled, log_q, torch.zeros_like(log_q)))
+                pyro.factor(
+                    "aux", self.aux_scale * torch.where(labelled, log_q, torch.zeros_like(log_q))
+                )
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -663,7 +669,9 @@ def _load_m1(path: str, data) -> M1Features:
     finally:
         pyro.util.set_rng_state(state)  # building the VAE re-seeded: the M2 weights must not see it
     model, guide = run.model, run.guide
-    if not all(hasattr(m, a) for m, a in ((model, "decoder"), (model, "likelihood"), (guide, "posterior"))):
+    if not all(
+        hasattr(m, a) for m, a in ((model, "decoder"), (model, "likelihood"), (guide, "posterior"))
+    ):
         raise SpecError(
             f"model.m1_run = {path!r} holds a {run.spec.model.kind!r} run; M1+M2 needs a run of "
             "model kind 'vae'"

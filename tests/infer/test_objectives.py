@@ -110,7 +110,9 @@ def test_exact_posterior_gives_minus_log_px(kind, x):
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_elbo_exact_for_any_particles(num_particles, vectorize, x):
     cfg = OBJECTIVES.get("elbo")(num_particles=num_particles, vectorize_particles=vectorize)
-    assert _value(cfg.build(), model, exact_guide, x, 0) == pytest.approx(-float(log_px(x)), rel=1e-5)
+    assert _value(cfg.build(), model, exact_guide, x, 0) == pytest.approx(
+        -float(log_px(x)), rel=1e-5
+    )
 
 
 def _draws(objective, guide, x, n, m=model):
@@ -211,7 +213,9 @@ def test_vectorization_is_only_used_with_several_particles():
 
 
 def test_unknown_objective_and_bad_particles_are_refused():
-    with pytest.raises(SpecError, match=r"unknown objective kind 'nope' in objective; allowed: .*elbo"):
+    with pytest.raises(
+        SpecError, match=r"unknown objective kind 'nope' in objective; allowed: .*elbo"
+    ):
         build_objective("nope")
     for kind in OBJECTIVES:
         cls = OBJECTIVES.get(kind)

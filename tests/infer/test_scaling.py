@@ -114,9 +114,10 @@ def test_latent_scale_weights_the_kl_term_of_the_elbo():
     g_tr = poutine.trace(vae_guide).get_trace(X)
     m_tr = poutine.trace(poutine.replay(vae_model, trace=g_tr)).get_trace(X)
     lik = m_tr.nodes["x"]["fn"].log_prob(X).sum()
-    kl_terms = m_tr.nodes["z"]["fn"].log_prob(g_tr.nodes["z"]["value"]).sum() - g_tr.nodes["z"][
-        "fn"
-    ].log_prob(g_tr.nodes["z"]["value"]).sum()
+    kl_terms = (
+        m_tr.nodes["z"]["fn"].log_prob(g_tr.nodes["z"]["value"]).sum()
+        - g_tr.nodes["z"]["fn"].log_prob(g_tr.nodes["z"]["value"]).sum()
+    )
     torch.manual_seed(1)
     loss = pyro.infer.Trace_ELBO().differentiable_loss(
         LatentScale(w)(vae_model), LatentScale(w)(vae_guide), X

@@ -172,22 +172,69 @@ def test_early_stopping_stops_when_the_validation_elbo_stalls():
     model, guide = pair()
     # lr = 0: the validation ELBO (fixed draws) never improves after the first epoch
     history = fit(
-        model, guide, X, valid_data=X_VALID, epochs=6, batch_size=48, lr=0.0, early_stopping=1, **FAST
+        model,
+        guide,
+        X,
+        valid_data=X_VALID,
+        epochs=6,
+        batch_size=48,
+        lr=0.0,
+        early_stopping=1,
+        **FAST,
     )
     assert len(history) == 2
     assert history.records[-1].get("early_stopped") is True
     assert history["valid_elbo"][0] == history["valid_elbo"][1]
     model, guide = pair()
     history = fit(
-        model, guide, X, valid_data=X_VALID, epochs=6, batch_size=48, lr=0.0, early_stopping=3, **FAST
+        model,
+        guide,
+        X,
+        valid_data=X_VALID,
+        epochs=6,
+        batch_size=48,
+        lr=0.0,
+        early_stopping=3,
+        **FAST,
     )
     assert len(history) == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ppvae/infer/train.py fit(): MetricsLogger runs before EarlyStopping, so the last "
+    "line of metrics.jsonl lacks the early_stopped flag that the history record has",
+)
+def test_metrics_file_records_the_early_stop(tmp_path):
+    model, guide = pair()
+    history = fit(
+        model,
+        guide,
+        X,
+        valid_data=X_VALID,
+        epochs=6,
+        batch_size=48,
+        lr=0.0,
+        early_stopping=1,
+        out_dir=tmp_path,
+        **FAST,
+    )
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history.records
 
 
 def test_no_early_stop_while_improving():
     model, guide = pair()
     history = fit(
-        model, guide, X, valid_data=X_VALID, epochs=3, batch_size=16, lr=0.05, early_stopping=1, **FAST
+        model,
+        guide,
+        X,
+        valid_data=X_VALID,
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        early_stopping=1,
+        **FAST,
     )
     assert len(history) == 3
     assert history["valid_elbo"][0] < history["valid_elbo"][1] < history["valid_elbo"][2]
@@ -203,7 +250,9 @@ class Recorder(Callback):
     def on_step_end(self, state, info):
         self.grad_norms.append(info.get("grad_norm"))
         grads = [p.grad for p in state.params if p.grad is not None]
-        self.clipped_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.clipped_norms.append(
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        )
 
 
 def test_kl_warmup_weights_rise_linearly_to_one():
@@ -270,7 +319,16 @@ def test_on_nan_skip_skips_the_step():
 def test_skipped_steps_do_not_change_the_weights():
     model, guide = pair()
     before = weights(model, guide)
-    fit(model, guide, X, epochs=1, batch_size=24, on_nan="skip", callbacks=[Poison({0, 1, 2, 3})], **FAST)
+    fit(
+        model,
+        guide,
+        X,
+        epochs=1,
+        batch_size=24,
+        on_nan="skip",
+        callbacks=[Poison({0, 1, 2, 3})],
+        **FAST,
+    )
     assert same_weights(before, weights(model, guide))
 
 
@@ -326,19 +384,31 @@ def test_same_seed_same_history_bit_for_bit():
     runs = []
     for _ in range(2):
         model, guide = pair(seed=3)
-        h = fit(model, guide, X, valid_data=X_VALID, epochs=2, batch_size=24, lr=0.01, seed=7, **FAST)
+        h = fit(
+            model, guide, X, valid_data=X_VALID, epochs=2, batch_size=24, lr=0.01, seed=7, **FAST
+        )
         runs.append((records(h), weights(model, guide)))
     assert runs[0][0] == runs[1][0]
     assert same_weights(runs[0][1], runs[1][1])
     model, guide = pair(seed=3)
-    other = fit(model, guide, X, valid_data=X_VALID, epochs=2, batch_size=24, lr=0.01, seed=8, **FAST)
+    other = fit(
+        model, guide, X, valid_data=X_VALID, epochs=2, batch_size=24, lr=0.01, seed=8, **FAST
+    )
     assert records(other) != runs[0][0]
 
 
 def test_out_dir_writes_metrics_and_checkpoints(tmp_path):
     model, guide = pair()
     history = fit(
-        model, guide, X, valid_data=X_VALID, epochs=3, batch_size=24, lr=0.02, out_dir=tmp_path, **FAST
+        model,
+        guide,
+        X,
+        valid_data=X_VALID,
+        epochs=3,
+        batch_size=24,
+        lr=0.02,
+        out_dir=tmp_path,
+        **FAST,
     )
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
@@ -423,7 +493,11 @@ def test_a_tuple_of_tensors_is_passed_as_arguments():
 
         def forward(self, x, y):
             with pyro.plate("data", x.shape[0]):
-                pyro.sample("x", dist.Normal(self.w * y[:, None], 1.0).expand([x.shape[0], D]).to_event(1), obs=x)
+                pyro.sample(
+                    "x",
+                    dist.Normal(self.w * y[:, None], 1.0).expand([x.shape[0], D]).to_event(1),
+                    obs=x,
+                )
 
     y = torch.randn(96)
     x = 2.0 * y[:, None] + 0.1 * torch.randn(96, D)

@@ -1,0 +1,93 @@
+"""Smoke tests of the benchmark scripts at their ``--quick`` size.
+
+They check that the scripts run end to end and write the JSON the README documents, with
+finite numbers. Speed targets are never asserted here: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.data]
+
+
+def _run(repo: Path, data_dir: Path, out: Path, script: str, *args: str):
+    env = {**os.environ, "PPVAE_DATA_DIR": str(data_dir), "MPLBACKEND": "Agg"}
+    argv = [sys.executable, str(repo / "benchmarks" / script), "--quick", "--out", str(out)]
+    proc = subprocess.run(
+        [*argv, *args], capture_output=True, text=True, env=env, cwd=repo, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
+    _run(repo, data_dir, tmp_path, "run.py", "--device", "cpu")
+    report = json.loads((tmp_path / "run-cpu.json").read_text())
+    assert (tmp_path / "run-cpu.md").read_text().count("| ELBO (1 sample) |") == 3
+    for key in ("machine", "config", "targets", "matmul_peak", "training", "evaluation", "memory"):
+        assert key in report
+    for key in ("date", "cpu", "cpu_count", "torch", "pyro"):
+        assert report["machine"][key]
+    assert _positive(report["matmul_peak"]["gflops"])
+
+    expected = {"elbo": {"ppvae", "torch", "pyro_svi"}, "iwae50": {"ppvae", "torch"}}
+    for workload, names in expected.items():
+        t = report["training"][workload]
+        assert set(t["variants"]) == names
+        for v in t["variants"].values():
+            for key in ("median_seconds", "seconds_per_epoch", "ms_per_step", "gflops"):
+                assert _positive(v[key]), (workload, key, v[key])
+            assert all(_positive(loss) for loss in v["loss"])
+        assert _positive(t["variants"]["ppvae"]["median_call_seconds"])
+        assert set(t["ratios"]) == {f"{n}/torch" for n in names - {"torch"}} | {"ppvae_call/torch"}
+        assert all(_positive(r) for r in t["ratios"].values())
+        # same weights, batches and objective: the implementations' losses agree
+        assert t["loss_max_rel_diff"] < 0.05
+
+    ev = report["evaluation"]
+    assert set(ev["variants"]) == {"ppvae", "torch"}
+    assert _positive(ev["ratios"]["ppvae/torch"])
+    log_px = [v["mean_log_px"] for v in ev["variants"].values()]
+    assert all(math.isfinite(x) and x < 0 for x in log_px)
+    assert abs(log_px[0] - log_px[1]) < 2.0  # the same networks and data, K = 100
+
+    assert set(report["memory"]) == {"elbo/ppvae", "elbo/torch", "evaluation/ppvae"}
+    for record in report["memory"].values():
+        assert _positive(record["rss_peak_mb"])
+        assert record["rss_above_baseline_mb"] >= 0
+
+
+def test_bmnist_quick_writes_the_table_and_resumes(repo, data_dir, tmp_path):
+    args = ("--models", "vae_bmnist", "--device", "cpu")
+    _run(repo, data_dir, tmp_path, "bmnist.py", *args)
+    report = json.loads((tmp_path / "bmnist.json").read_text())
+    assert "| vae_bmnist |" in (tmp_path / "bmnist.md").read_text()
+    assert [r["model"] for r in report["models"]] == ["vae_bmnist"]
+    r = report["models"][0]
+    for key in ("nll", "nll_sem", "train_seconds", "eval_seconds", "ess_median"):
+        assert _positive(r[key]), (key, r[key])
+    assert math.isfinite(r["elbo"]) and r["nll"] <= -r["elbo"] + 1e-6  # log-mean-exp >= mean
+    assert 0.0 <= r["khat_frac_above_0_7"] <= 1.0
+    assert (r["num_samples"], r["test_points"], r["epochs"], r["best_epoch"]) == (50, 500, 1, 1)
+    assert r["published_nll"] == 88.56 and r["target_nll"] == 88.6
+    run_dir = tmp_path / "runs" / "vae_bmnist"
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "evaluation" / "test-K50.json").is_file()
+    assert (tmp_path / "vae_bmnist.json").is_file()
+
+    # a second run skips the finished model instead of training it again
+    proc = _run(repo, data_dir, tmp_path, "bmnist.py", *args)
+    assert "done already" in proc.stdout
+    assert json.loads((tmp_path / "bmnist.json").read_text())["models"][0]["nll"] == r["nll"]
