@@ -79,9 +79,9 @@ def evaluate_run(
     """Evaluate ``run`` on ``split`` with ``num_samples`` importance samples per point
     (defaults from the spec's ``[evaluate]`` section) and write the result files."""
     cfg = run.spec.evaluate
-    split = split or cfg.split
-    num_samples = num_samples or cfg.num_samples
-    batch_size = batch_size or cfg.batch_size
+    split = cfg.split if split is None else split
+    num_samples = cfg.num_samples if num_samples is None else num_samples
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     if num_samples < 1 or batch_size < 1:
         from ppvae.errors import SpecError
 

@@ -77,5 +77,7 @@ def save_reconstructions(
     ncols = min(n, 8)
     rows = []
     for i in range(0, n, ncols):
-        rows.extend([data[i : i + ncols], recon[i : i + ncols]])
+        chunks = [data[i : i + ncols], recon[i : i + ncols]]
+        pad = ncols - chunks[0].shape[0]  # a short last row is padded with blank images
+        rows.extend(torch.cat([c, c.new_ones(pad, *c.shape[1:])]) for c in chunks)
     save_image_grid(torch.cat(rows), image_shape, path, ncols=ncols)

@@ -90,14 +90,7 @@ def _recon_pixels(tmp_path, n):
     [
         8,
         16,
-        pytest.param(
-            10,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ppvae/report.py save_reconstructions: when n is not a multiple of 8 "
-                "the last data and reconstruction chunks share one grid row",
-            ),
-        ),
+        10,
     ],
 )
 def test_save_reconstructions_alternates_data_and_reconstruction_rows(tmp_path, n):

@@ -333,16 +333,22 @@ class _eval_mode:
 def _check_first_batch(state: TrainState, batch: Batch) -> None:
     """Run the objective once with Pyro's validation on, so that bad data fails early
     with a clear message instead of deep inside the hot loop."""
-    shapes = ", ".join(str(tuple(t.shape)) for t in batch)
     b = batch[0].shape[0]
+    with _first_batch_errors(batch), pyro.validation_enabled(True):
+        state.objective.loss(
+            _wrapped(state.model, state.plate, 1 / b, 1 / state.num_train, 1.0),
+            _wrapped(state.guide, state.plate, 1 / b, 1 / state.num_train, 1.0),
+            *batch,
+        )
+
+
+@contextlib.contextmanager
+def _first_batch_errors(batch: Batch) -> Iterator[None]:
+    """Data the model or guide cannot take: a one-sentence :class:`DataError`."""
     try:
-        with pyro.validation_enabled(True):
-            state.objective.loss(
-                _wrapped(state.model, state.plate, 1 / b, 1 / state.num_train, 1.0),
-                _wrapped(state.guide, state.plate, 1 / b, 1 / state.num_train, 1.0),
-                *batch,
-            )
+        yield
     except (ValueError, RuntimeError, IndexError) as err:
+        shapes = ", ".join(str(tuple(t.shape)) for t in batch)
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise DataError(
             f"the model and guide fail on a training batch of shape {shapes}: {first}"
@@ -547,7 +553,8 @@ def fit(
                 train_transform(first[0], torch.Generator(device=dev).manual_seed(seed)),
                 *first[1:],
             )
-        params = _collect_params(model, guide, first)
+        with _first_batch_errors(first), pyro.validation_enabled(True):
+            params = _collect_params(model, guide, first)
         if not params:
             raise SpecError("the model and guide have no trainable parameters")
         opt = _make_optimizer(optimizer, params, lr, weight_decay, dev)
@@ -592,9 +599,10 @@ def fit(
             cbs.append(ProgressBar())
         if out_dir is not None:
             out_dir = Path(out_dir)
-            cbs.append(MetricsLogger(out_dir / "metrics.jsonl"))
-        if early_stopping > 0:
+        if early_stopping > 0:  # before the logger, which then records early_stopped
             cbs.append(EarlyStopping(early_stopping))
+        if out_dir is not None:
+            cbs.append(MetricsLogger(out_dir / "metrics.jsonl"))
         cbs.extend(callbacks)
         if out_dir is not None:
             cbs.append(Checkpointer(out_dir / "checkpoints"))  # last: sees the final record

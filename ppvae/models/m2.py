@@ -287,12 +287,18 @@ class _Features(nn.Module):
     def __init__(self, m1: M1Features | None) -> None:
         super().__init__()
         self.m1 = m1
+        self.train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.m1 is None else self.m1.encode(x)
 
     def decode(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.m1 is None else self.m1.decode(out)
+
+    def train(self, mode: bool = True) -> _Features:
+        # always in eval mode: nothing here trains (the M1 weights are frozen), and Pyro
+        # warns about frozen parameters of modules in training mode
+        return super().train(False)
 
 
 def _class_weights(

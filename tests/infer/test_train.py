@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppvae.checkpoint import load_checkpoint
-from ppvae.errors import DataError, PpvaeError, SpecError, TrainingError
+from ppvae.errors import DataError, SpecError, TrainingError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import fit, mean_elbo
 
@@ -200,11 +200,6 @@ def test_early_stopping_stops_when_the_validation_elbo_stalls():
     assert len(history) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ppvae/infer/train.py fit(): MetricsLogger runs before EarlyStopping, so the last "
-    "line of metrics.jsonl lacks the early_stopped flag that the history record has",
-)
 def test_metrics_file_records_the_early_stop(tmp_path):
     model, guide = pair()
     history = fit(
@@ -559,18 +554,8 @@ def _nan_data():
 )
 def test_data_the_guide_cannot_take_is_a_data_error(make):
     model, guide = pair()
-    with pytest.raises(PpvaeError) as err:
-        try:
-            fit(model, guide, make(), epochs=1, batch_size=20, **FAST)
-        except (RuntimeError, ValueError) as e:
-            if isinstance(e, PpvaeError):
-                raise
-            pytest.xfail(
-                "ppvae/infer/train.py fit(): _collect_params runs the guide and the model before "
-                "_check_first_batch, so data the guide cannot take escapes as "
-                f"{type(e).__name__} instead of DataError"
-            )
-    assert isinstance(err.value, DataError)
+    with pytest.raises(DataError) as err:
+        fit(model, guide, make(), epochs=1, batch_size=20, **FAST)
     assert "fail on a training batch of shape (20, " in str(err.value)
     assert "\n" not in str(err.value)
 
