@@ -26,17 +26,23 @@ RESULTS = REPO / "benchmarks" / "results"
 DATA_ENV = "PPVAE_DATA_DIR"
 
 
+def fail(message: str) -> None:
+    """Print ``error: message`` and exit with status 2 (a usage error, as the CLI does)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def require_data_dir(name: str = "binarized_mnist") -> Path:
     """``$PPVAE_DATA_DIR/<name>``; exits with status 2 and one clear sentence otherwise."""
     value = os.environ.get(DATA_ENV)
     if not value:
-        raise SystemExit(
-            f"error: {DATA_ENV} is not set; point it at the folder that holds {name}/ "
+        fail(
+            f"{DATA_ENV} is not set; point it at the folder that holds {name}/ "
             f"(e.g. export {DATA_ENV}=../shared/data)"
         )
     path = Path(value) / name
     if not path.is_dir():
-        raise SystemExit(f"error: {path} does not exist; {DATA_ENV} must hold a {name}/ folder")
+        fail(f"{path} does not exist; {DATA_ENV} must name a folder that holds {name}/")
     return path
 
 

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,9 +47,9 @@ from ppvae.checkpoint import load_checkpoint  # noqa: E402
 from ppvae.data import Split  # noqa: E402
 from ppvae.evaluate import evaluate_run  # noqa: E402
 from ppvae.infer.callbacks import Callback  # noqa: E402
-from ppvae.infer.train import fit, resolve_device  # noqa: E402
-from ppvae.run import Run, build, load_run, model_inputs, write_figures  # noqa: E402
-from ppvae.spec import Spec, dump_spec, load_spec  # noqa: E402
+from ppvae.infer.train import resolve_device  # noqa: E402
+from ppvae.run import Run, load_run, train_spec  # noqa: E402
+from ppvae.spec import Spec, load_spec  # noqa: E402
 
 MODELS = ("vae_bmnist", "iwae_bmnist", "vamp_bmnist", "iaf_bmnist", "hvae_bmnist")
 QUICK_LIMIT, QUICK_TEST_POINTS, QUICK_SAMPLES = 1000, 500, 50
@@ -118,17 +117,10 @@ def stop_reason(history: list[dict[str, Any]], spec: Spec, budget_s: float) -> s
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    _common.write_text(path, text)
-
-
-def _fresh_run_dir(path: Path) -> None:
-    """Empty a run folder that holds no checkpoint (a run killed in its first epoch)."""
-    if path.is_dir() and any(path.iterdir()):
-        if not (path / "spec.toml").is_file():
-            raise SystemExit(f"error: {path} exists and is not a ppvae run folder; remove it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+def _best_checkpoint(run_dir: Path) -> Path:
+    """``best.pt``; ``last.pt`` when no epoch had a finite validation ELBO (as train_spec)."""
+    best = run_dir / "checkpoints" / "best.pt"
+    return best if best.is_file() else run_dir / "checkpoints" / "last.pt"
 
 
 def train(spec: Spec, run_dir: Path, budget_s: float, log) -> tuple[Run | None, list[dict]]:
@@ -142,8 +134,8 @@ def train(spec: Spec, run_dir: Path, budget_s: float, log) -> tuple[Run | None, 
     if resume:
         checkpoint = load_checkpoint(last)
         if checkpoint.get("spec_digest") != spec.digest():
-            raise SystemExit(
-                f"error: {run_dir} was trained with a different spec (models/ file or flags such "
+            _common.fail(
+                f"{run_dir} was trained with a different spec (models/ file or flags such "
                 "as --device, --quick changed); delete it or choose another --out"
             )
         history = checkpoint["history"]
@@ -152,47 +144,8 @@ def train(spec: Spec, run_dir: Path, budget_s: float, log) -> tuple[Run | None, 
             log(f"trained already ({len(history)} epochs, stopped by {reason})")
             return None, history
         log(f"resuming after epoch {history[-1]['epoch']}")
-    data, model, guide = build(spec)
-    if resume:
-        _write_atomic(run_dir / "spec.toml", dump_spec(spec))  # epochs may have grown
-        lines = "".join(json.dumps(r) + "\n" for r in checkpoint["history"])
-        _write_atomic(run_dir / "metrics.jsonl", lines)
-    else:
-        _fresh_run_dir(run_dir)
-        (run_dir / "spec.toml").write_text(dump_spec(spec))
-    t = spec.train
     callbacks = [TimeBudget(budget_s)] if budget_s > 0 else []
-    history = fit(
-        model,
-        guide,
-        model_inputs(spec, data.train),
-        objective=spec.objective,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        valid_data=model_inputs(spec, data.valid),
-        device=t.device,
-        seed=t.seed,
-        callbacks=callbacks,
-        out_dir=run_dir,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        clip_norm=t.clip_norm,
-        kl_warmup_epochs=t.kl_warmup_epochs,
-        early_stopping=t.early_stopping,
-        on_nan=t.on_nan,
-        deterministic=t.deterministic,
-        progress=t.progress,
-        train_transform=data.train_transform,
-        spec=spec.to_dict(),
-        spec_digest=spec.digest(),
-        resume_from=last if resume else None,
-    )
-    run = Run(run_dir, spec, data, model, guide)
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=run.device)
-    model.load_state_dict(best["model"])
-    guide.load_state_dict(best["guide"])
-    write_figures(run, history.records)
+    run, history = train_spec(spec, run_dir, force=True, resume=resume, callbacks=callbacks)
     return run, history.records
 
 
@@ -205,7 +158,7 @@ def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
         summary.setdefault("seconds", None)
         return summary
     if run is None:
-        run = load_run(run_dir, which="best", device=args.device)
+        run = load_run(run_dir, which=_best_checkpoint(run_dir).stem, device=args.device)
     run.model.eval()
     run.guide.eval()
     if args.quick:  # a smoke run evaluates part of the test split
@@ -222,6 +175,11 @@ def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
     summary["seconds"] = time.perf_counter() - start
     _common.write_json(path, summary)  # with the time added
     return summary
+
+
+def _valid_elbo(record: dict[str, Any]) -> float:
+    value = record.get("valid_elbo")
+    return value if isinstance(value, int | float) and math.isfinite(value) else -math.inf
 
 
 def benchmark_model(name: str, args, log) -> dict[str, Any]:
@@ -243,7 +201,7 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
     budget_s = 60.0 * args.time_budget_minutes
     run, history = train(spec, run_dir, budget_s, log)
     summary = evaluate(run, run_dir, args, log)
-    best_epoch = max(history, key=lambda r: r.get("valid_elbo", -math.inf))["epoch"]
+    best = max(history, key=_valid_elbo)
     published = PUBLISHED.get(name, {})
     result = {
         "model": name,
@@ -257,9 +215,9 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
         "train_points": QUICK_LIMIT if args.quick else None,
         "epochs": len(history),
         "max_epochs": spec.train.epochs,
-        "best_epoch": best_epoch,
+        "best_epoch": best["epoch"],
         "stopped_by": stop_reason(history, spec, budget_s) or "unfinished",
-        "best_valid_elbo": max(r.get("valid_elbo", -math.inf) for r in history),
+        "best_valid_elbo": _valid_elbo(best),
         "train_seconds": sum(r.get("seconds", 0.0) for r in history),
         "eval_seconds": summary.get("seconds"),
         "num_samples": summary["num_samples"],

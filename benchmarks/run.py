@@ -475,6 +475,8 @@ def memory_pass(args, device, states, x, eval_state, eargs, isbench) -> dict[str
     """Every variant alone in its own process (several at a time: memory, not time)."""
     jobs: list[tuple[str, list[str]]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for workload, particles, steps, names in (
             ("elbo", 1, args.memory_steps, ("ppvae", "torch", "pyro_svi")),
@@ -668,7 +670,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
 
     def log(message: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.1f} s, cpu {time.process_time():.1f}] {message}", flush=True)
+        wall, cpu = time.perf_counter() - t0, time.process_time()
+        print(f"[{wall:6.1f} s wall, {cpu:6.1f} s cpu] {message}", flush=True)
 
     device = _common.resolve_device(args.device)
     if device is None:

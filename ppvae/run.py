@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from ppvae import distributed
 from ppvae.checkpoint import load_checkpoint
 from ppvae.data import DataBundle, Split
 from ppvae.errors import CheckpointError, RunDirError
+from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import History, fit, resolve_device
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions
 from ppvae.spec import Spec, dump_spec, load_spec
@@ -133,11 +135,13 @@ def train_spec(
     force: bool = False,
     resume: bool = False,
     progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[Run, History]:
     """Train ``spec`` into ``out_dir`` and write its figures.
 
     ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt``; the
-    spec must be the one the run was started with.
+    spec must be the one the run was started with. ``callbacks`` go to :func:`~ppvae.fit`
+    (e.g. a time budget that sets ``state.stop``).
     """
     out = Path(out_dir)
     distributed.init_from_env(resolve_device(spec.train.device))
@@ -198,6 +202,7 @@ def train_spec(
         spec=spec.to_dict(),
         spec_digest=spec.digest(),
         resume_from=resume_from,
+        callbacks=callbacks,
     )
     run = Run(out, spec, data, model, guide)
     distributed.barrier()

@@ -19,7 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 
 def _run(repo: Path, data_dir: Path, out: Path, script: str, *args: str):
+    # one thread: no timing is asserted, and idle threads spinning on a busy CI machine
+    # would only burn its cores
     env = {**os.environ, "PPVAE_DATA_DIR": str(data_dir), "MPLBACKEND": "Agg"}
+    env["OMP_NUM_THREADS"] = "1"
     argv = [sys.executable, str(repo / "benchmarks" / script), "--quick", "--out", str(out)]
     proc = subprocess.run(
         [*argv, *args], capture_output=True, text=True, env=env, cwd=repo, timeout=600
