@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyro.infer
 import torch
@@ -106,54 +107,55 @@ def _check_particles(num_particles: int) -> None:
         raise SpecError(f"objective.num_particles must be at least 1, got {num_particles}")
 
 
+@dataclass(frozen=True)
+class _PyroElboConfig(ObjectiveConfig):
+    """Options shared by the objectives that are one of Pyro's ELBO classes."""
+
+    _elbo_class: ClassVar[type[pyro.infer.ELBO]]
+
+    num_particles: int = 1
+    vectorize_particles: bool = True
+
+    def __post_init__(self) -> None:
+        _check_particles(self.num_particles)
+
+    def _elbo_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def build(self) -> Objective:
+        return PyroElbo(
+            self._elbo_class(
+                num_particles=self.num_particles,
+                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
+                **self._elbo_kwargs(),
+            )
+        )
+
+
 @OBJECTIVES.register("elbo")
 @dataclass(frozen=True)
-class ElboConfig(ObjectiveConfig):
+class ElboConfig(_PyroElboConfig):
     r"""The evidence lower bound, :math:`E_q[\log p(x, z) - \log q(z | x)]` (``Trace_ELBO``).
 
     ``num_particles`` samples are averaged; ``vectorize_particles`` draws them in one
     vectorized trace (a particle plate) instead of a Python loop.
     """
 
-    num_particles: int = 1
-    vectorize_particles: bool = True
-
-    def __post_init__(self) -> None:
-        _check_particles(self.num_particles)
-
-    def build(self) -> Objective:
-        return PyroElbo(
-            pyro.infer.Trace_ELBO(
-                num_particles=self.num_particles,
-                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
-            )
-        )
+    _elbo_class = pyro.infer.Trace_ELBO
 
 
 @OBJECTIVES.register("meanfield_elbo")
 @dataclass(frozen=True)
-class MeanFieldElboConfig(ObjectiveConfig):
+class MeanFieldElboConfig(_PyroElboConfig):
     r"""The ELBO with analytic :math:`KL(q(z|x) \| p(z))` where one is registered
     (``TraceMeanField_ELBO``); other sites fall back to Monte Carlo."""
 
-    num_particles: int = 1
-    vectorize_particles: bool = True
-
-    def __post_init__(self) -> None:
-        _check_particles(self.num_particles)
-
-    def build(self) -> Objective:
-        return PyroElbo(
-            pyro.infer.TraceMeanField_ELBO(
-                num_particles=self.num_particles,
-                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
-            )
-        )
+    _elbo_class = pyro.infer.TraceMeanField_ELBO
 
 
 @OBJECTIVES.register("enum_elbo")
 @dataclass(frozen=True)
-class EnumElboConfig(ObjectiveConfig):
+class EnumElboConfig(_PyroElboConfig):
     r"""The ELBO with discrete latent sites summed out exactly (``TraceEnum_ELBO``).
 
     Sites marked ``infer={"enumerate": "parallel"}`` (in the guide, or in the model when
@@ -163,26 +165,19 @@ class EnumElboConfig(ObjectiveConfig):
     the model once.
     """
 
-    num_particles: int = 1
-    vectorize_particles: bool = True
+    _elbo_class = pyro.infer.TraceEnum_ELBO
+
     max_plate_nesting: int = 0
 
     def __post_init__(self) -> None:
-        _check_particles(self.num_particles)
+        super().__post_init__()
         if self.max_plate_nesting < 0:
             raise SpecError(
                 f"objective.max_plate_nesting must be non-negative, got {self.max_plate_nesting}"
             )
 
-    def build(self) -> Objective:
-        kwargs = {"max_plate_nesting": self.max_plate_nesting} if self.max_plate_nesting else {}
-        return PyroElbo(
-            pyro.infer.TraceEnum_ELBO(
-                num_particles=self.num_particles,
-                vectorize_particles=self.vectorize_particles and self.num_particles > 1,
-                **kwargs,
-            )
-        )
+    def _elbo_kwargs(self) -> dict[str, Any]:
+        return {"max_plate_nesting": self.max_plate_nesting} if self.max_plate_nesting else {}
 
 
 def build_objective(objective: str | ObjectiveConfig | Objective | pyro.infer.ELBO) -> Objective:
