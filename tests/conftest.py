@@ -33,7 +33,7 @@ def data_dir() -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo() -> Path:
     """The repository root (for specs in models/ and scripts in examples/)."""
     return REPO
