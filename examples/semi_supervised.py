@@ -31,34 +31,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def by_hand(num_labels: int, epochs: int) -> None:
-    data = ppvae.load_data("digits")  # grey levels in [0, 1]
+    # 8x8 digits, re-binarized at every training batch (valid and test binarized once)
+    data = ppvae.load_data(ppvae.DATASETS.get("digits")(binarize="dynamic"))
     c = data.num_classes
     mask = semi_supervised_split(data.train.y, num_labels, c, seed=0)
     y_mixed = hide_labels(data.train.y, mask)  # -1: unlabelled
     print(f"{int(mask.sum())} labelled and {int((~mask).sum())} unlabelled training images")
 
     # M2 with the class summed out explicitly (works with any ELBO-type objective);
-    # aux_scale is the weight of log q(y|x) per labelled point: alpha / N * N / N_l
-    aux_scale = 1.0 * len(data.train) / num_labels
+    # aux_scale weighs log q(y|x) per labelled point: aux_weight * N / N_l (aux_weight 3)
+    aux_scale = 3.0 * len(data.train) / num_labels
     torch.manual_seed(0)
     model, guide = build_m2(
-        data.dim, c, latent_dim=8, hidden=(128,), activation="relu",
-        likelihood="continuous_bernoulli", sum_y="explicit", aux_scale=aux_scale,
+        data.dim, c, latent_dim=2, hidden=(128,), activation="relu",
+        likelihood="bernoulli", sum_y="explicit", aux_scale=aux_scale,
     )  # fmt: skip
     valid = (data.valid.x, torch.full((len(data.valid),), -1))  # valid ELBO: no labels
     ppvae.fit(
-        model, guide, (data.train.x, y_mixed), objective="elbo", epochs=epochs,
-        batch_size=64, valid_data=valid, seed=0, progress=False,
+        model, guide, (data.train.x, y_mixed), objective="elbo", epochs=epochs, batch_size=128,
+        lr=3e-3, valid_data=valid, seed=0, progress=False, train_transform=data.train_transform,
     )  # fmt: skip
     m2 = accuracy(guide.predict_proba, data.test.x, data.test.y)
 
-    # the same classifier network on the labelled images alone
+    # the same classifier network on the labelled images alone (10 passes per epoch)
     labelled = labelled_part(data.train, mask)
     torch.manual_seed(0)
     net = Classifier(MLP(data.dim, (128,), c, "relu"), c)
     ppvae.fit(
         net, EmptyGuide(), (labelled.x.repeat(10, 1), labelled.y.repeat(10)), epochs=epochs,
-        batch_size=64, seed=0, progress=False,
+        batch_size=min(128, num_labels), lr=3e-3, seed=0, progress=False,
+        train_transform=data.train_transform,
     )  # fmt: skip
     base = accuracy(net.predict_proba, data.test.x, data.test.y)
     print(f"test accuracy: M2 {m2:.1f}%, labelled-only classifier {base:.1f}%")

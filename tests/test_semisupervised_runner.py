@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from ppvae.cli import main
 from ppvae.semisupervised import RUN_COLUMNS, TABLE_COLUMNS, t_interval
@@ -37,7 +36,9 @@ def experiment(tmp_path_factory, repo):
     """``ppvae semisupervised`` on digits: labels 20 and 50, one seed, one epoch."""
     out = tmp_path_factory.mktemp("ss") / "exp"
     spec = str(repo / "models" / "m2_digits.toml")
-    code = main(["semisupervised", spec, "--labels", "20", "50", "--seeds", "1", "--out", str(out), *TINY])
+    code = main(
+        ["semisupervised", spec, "--labels", "20", "50", "--seeds", "1", "--out", str(out), *TINY]
+    )
     assert code == 0
     return out, spec
 
@@ -46,7 +47,16 @@ def test_runner_writes_the_table_and_the_runs(experiment, capsys):
     out, _ = experiment
     md = (out / "table.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| labels"))
-    for column in ("unlabelled pool", "M2", "labelled-only baseline", "Kingma M2", "Pyro tutorial", "Kingma M1+M2", "epochs", "wall time"):
+    for column in (
+        "unlabelled pool",
+        "M2",
+        "labelled-only baseline",
+        "Kingma M2",
+        "Pyro tutorial",
+        "Kingma M1+M2",
+        "epochs",
+        "wall time",
+    ):
         assert column in header
     rows = [line for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [r.split("|")[1].strip() for r in rows] == ["20", "50"]
@@ -82,7 +92,9 @@ def test_classify_a_split_and_an_npz_file(experiment, tmp_path, capsys):
     out, _ = experiment
     run_dir = out / "L50" / "seed0" / "m2"
     capsys.readouterr()
-    assert main(["classify", str(run_dir), "--split", "test", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (
+        main(["classify", str(run_dir), "--split", "test", "--out", str(tmp_path / "t.csv")]) == 0
+    )
     printed = capsys.readouterr().out
     assert re.search(r"accuracy: \d+\.\d\d%", printed)
     with (tmp_path / "t.csv").open() as handle:
@@ -106,11 +118,20 @@ def test_bad_inputs_exit_2_with_one_error_line(experiment, tmp_path, repo, capsy
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((3, 5)))
     cases = [
-        (["semisupervised", str(repo / "models" / "vae.toml"), "--labels", "20"], "model.kind = 'm2'"),
+        (
+            ["semisupervised", str(repo / "models" / "vae.toml"), "--labels", "20"],
+            "model.kind = 'm2'",
+        ),
         (["semisupervised", spec, "--labels", "0", "--out", str(tmp_path / "a")], "positive"),
         (["semisupervised", spec, "--labels", "20", "--seeds", "0"], "--seeds"),
-        (["semisupervised", spec, "--labels", "5", "--out", str(tmp_path / "b"), *TINY], "fewer than"),
-        (["semisupervised", spec, "--labels", "400", "--out", str(tmp_path / "c"), *TINY], "more labels"),
+        (
+            ["semisupervised", spec, "--labels", "5", "--out", str(tmp_path / "b"), *TINY],
+            "fewer than",
+        ),
+        (
+            ["semisupervised", spec, "--labels", "400", "--out", str(tmp_path / "c"), *TINY],
+            "more labels",
+        ),
         (["semisupervised", spec, "--labels", "20", "--set", "model.sum_y=maybe"], "sum_y"),
         (["classify", str(tmp_path / "nowhere")], "does not exist"),
         (["classify", str(run_dir), "--data", str(bad)], "5 features"),
@@ -149,3 +170,28 @@ def test_mnist_spec_smoke(data_dir, repo, tmp_path):
     run, history = train_spec(spec, tmp_path / "run")
     assert np.isfinite(history["train_loss"][-1])
     assert run.guide.predict_proba(run.data.test.x[:4]).shape == (4, 10)
+
+
+@pytest.mark.slow
+def test_m2_beats_the_labelled_only_baseline_on_digits(repo, tmp_path):
+    """50 labels on digits (1,244 unlabelled): models/m2_digits.toml with the explicit sum,
+    lr 3e-3, batch 128, 100 epochs (about 15 s on one core). Measured test accuracies,
+    seeds 0 / 1 / 2: M2 79.67 / 81.06 / 78.83 %, the labelled-only baseline 72.42 / 73.26 /
+    72.70 % (margins 7.2, 7.8, 6.1 points); seed 0 runs here with a 5-point margin."""
+    from ppvae.semisupervised import run_cell
+    from ppvae.spec import load_spec
+
+    spec = load_spec(
+        repo / "models" / "m2_digits.toml",
+        [
+            "model.sum_y=explicit",
+            "objective.kind=elbo",
+            "train.lr=3e-3",
+            "train.batch_size=128",
+            "train.epochs=100",
+            "train.progress=false",
+        ],
+    )
+    cell = run_cell(spec, 50, 0, tmp_path / "cell")
+    assert cell.unlabelled_pool == 1244
+    assert cell.m2_accuracy >= cell.baseline_accuracy + 5.0, cell

@@ -3,6 +3,7 @@
 ``vae`` (one stochastic layer), ``hvae`` (two), ``cvae`` (conditioned on a label),
 ``mixture`` (a discrete class summed out by enumeration), ``density`` and ``classifier``
 (fully observed, maximum likelihood).
+``m2`` is semi-supervised classification (Kingma et al. 2014) on partially labelled data.
 """
 
 from ppvae.models.base import MODELS, ModelConfig

@@ -386,10 +386,20 @@ class M2(PyroModule):
         return torch.softmax(self.classifier(self.features(x)), -1)
 
     @torch.no_grad()
-    def generate(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(
+        self, n: int, y: torch.Tensor | None = None, condition: int | None = None
+    ) -> torch.Tensor:
         r"""Expected data :math:`E[x | y, z]` for ``n`` draws :math:`z \sim p(z)` and
-        :math:`y \sim p(y)` (or the given labels ``y`` of shape ``(n,)``)."""
+        :math:`y \sim p(y)`, or the given labels ``y`` of shape ``(n,)``, or all of class
+        ``condition`` (``ppvae sample --condition``)."""
         device = next(iter(self.decoder.parameters())).device
+        if condition is not None:
+            if not 0 <= condition < self.num_classes:
+                raise SpecError(
+                    f"the class to condition on must be in 0 .. {self.num_classes - 1}, "
+                    f"got {condition}"
+                )
+            y = torch.full((n,), condition, device=device)
         if y is None:
             y = torch.randint(self.num_classes, (n,), device=device)
         z = self.prior().sample((n,))
