@@ -28,6 +28,19 @@ from ppvae.errors import PpvaeError
 __all__ = ["main", "build_parser"]
 
 
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    """``--set`` overrides and ``--device``, shared by the commands that read a spec."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one spec value (repeatable), e.g. --set train.epochs=5",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppvae", description="Deep latent variable models written as Pyro programs."
@@ -50,15 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its last checkpoint (--set train.epochs=N extends it)",
     )
     p.add_argument("--out", help="run folder (default: runs/<spec name>, numbered if taken)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one spec value (repeatable), e.g. --set train.epochs=5",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+    _add_spec_options(p)
     p.add_argument("--seed", type=int, help="random seed (same as --set train.seed=...)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument(
@@ -277,15 +282,7 @@ def _add_semisupervised_parsers(sub) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0 .. N-1 (default 1)")
     p.add_argument("--out", help="experiment folder (default: runs/semisupervised-<spec name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one spec value (repeatable), e.g. --set train.epochs=5",
-    )
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set train.device=...)")
+    _add_spec_options(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the labelled-only baseline")
     p.add_argument("--force", action="store_true", help="replace an existing experiment folder")
     p.add_argument(
