@@ -151,7 +151,8 @@ def train(spec: Spec, run_dir: Path, budget_s: float, log) -> tuple[Run | None, 
 
 def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
     """The test-split summary of the best checkpoint (read back when it exists)."""
-    path = run_dir / "evaluation" / f"test-K{args.num_samples}.json"
+    subset = f"-n{args.test_points}" if args.test_points and not args.quick else ""
+    path = run_dir / "evaluation" / f"test-K{args.num_samples}{subset}.json"
     if path.is_file():
         log(f"evaluated already ({path})")
         summary = json.loads(path.read_text())
@@ -161,11 +162,12 @@ def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
         run = load_run(run_dir, which=_best_checkpoint(run_dir).stem, device=args.device)
     run.model.eval()
     run.guide.eval()
-    if args.quick:  # a smoke run evaluates part of the test split
+    points = QUICK_TEST_POINTS if args.quick else args.test_points
+    if points and points < len(run.data.test):
+        # a seeded random subset: the file's rows are grouped by digit, a prefix is not fair
         test = run.data.test
-        part = Split(
-            test.x[:QUICK_TEST_POINTS], None if test.y is None else test.y[:QUICK_TEST_POINTS]
-        )
+        index = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:points]
+        part = Split(test.x[index], None if test.y is None else test.y[index])
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, test=part))
     log(f"evaluating {len(run.data.test)} test points with K = {args.num_samples} ...")
     start = time.perf_counter()
@@ -173,7 +175,7 @@ def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
         run, split="test", num_samples=args.num_samples, batch_size=args.eval_batch_size
     )
     summary["seconds"] = time.perf_counter() - start
-    _common.write_json(path, summary)  # with the time added
+    _common.write_json(path, summary)  # with the time added (and a subset's own name)
     return summary
 
 
@@ -186,7 +188,9 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
     result_path = args.out / f"{name}.json"
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result.get("num_samples") == args.num_samples:
+        if result.get("num_samples") == args.num_samples and result.get("test_points_asked") == (
+            args.test_points or None
+        ):
             log(f"done already ({result_path}); delete it to redo")
             return result
     overrides = [f"train.device={args.device}", f"train.progress={str(args.progress).lower()}"]
@@ -222,6 +226,11 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
         "eval_seconds": summary.get("seconds"),
         "num_samples": summary["num_samples"],
         "test_points": summary["n"],
+        "test_points_asked": args.test_points or None,
+        "curve": [
+            {"epoch": r["epoch"], "valid_elbo": r.get("valid_elbo"), "seconds": r.get("seconds")}
+            for r in history
+        ],
         "nll": summary["nll"],
         "nll_sem": summary["log_px_sem"],
         "elbo": summary["elbo"],
@@ -240,8 +249,50 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "evaluation": summary,
     }
+    result["projection"] = projection(result)
     _common.write_json(result_path, result)
     return result
+
+
+def projection(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the test NLL is heading: fit ``-valid ELBO(e) = a + b / e`` (least squares in
+    ``1 / e``) to the second half of the validation curve (at least 4 epochs); the projected
+    NLL is the measured one minus the further gain the fit predicts, ``best - a``.
+
+    A rough guide for runs stopped by a budget, not a measurement: ``a + b / e`` flattens
+    sooner than real curves, so it errs on the optimistic side only when the curve is
+    noisy."""
+    points = [
+        (c["epoch"], -c["valid_elbo"])
+        for c in result.get("curve", [])
+        if isinstance(c.get("valid_elbo"), int | float) and math.isfinite(c["valid_elbo"])
+    ]
+    points = points[len(points) // 2 :]
+    if len(points) < 4 or result.get("stopped_by") == "early stopping":
+        return None
+    u = [1.0 / e for e, _ in points]
+    v = [y for _, y in points]
+    mu, mv = sum(u) / len(u), sum(v) / len(v)
+    suu = sum((a - mu) ** 2 for a in u)
+    if suu == 0:
+        return None
+    b = sum((a - mu) * (y - mv) for a, y in zip(u, v, strict=True)) / suu
+    a = mv - b * mu
+    best = -result["best_valid_elbo"]
+    gain = max(0.0, best - a)
+    return {"asymptote_neg_valid_elbo": a, "further_gain": gain, "nll": result["nll"] - gain}
+
+
+def _curve_text(curve: list[dict[str, Any]], points: int = 6) -> str:
+    """A few (epoch: -valid ELBO) pairs spread over the curve, the last included."""
+    valid = [c for c in curve if isinstance(c.get("valid_elbo"), int | float)]
+    if not valid:
+        return "-"
+    step = max(1, math.ceil(len(valid) / points))
+    picked = valid[::step]
+    if picked[-1] is not valid[-1]:
+        picked.append(valid[-1])
+    return ", ".join(f"{c['epoch']}: {-c['valid_elbo']:.1f}" for c in picked)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -262,6 +313,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"; --quick: {QUICK_LIMIT} training images, {QUICK_TEST_POINTS} test points"
             if report["quick"]
             else ""
+        ),
+        *(
+            [
+                f"- test NLL on a seeded random subset of {report['test_points']:,} of the "
+                "10,000 test images (--test-points; the s.e. reflects it)"
+            ]
+            if report.get("test_points")
+            else []
         ),
         f"- budget per model: at most {epochs} epochs"
         + (
@@ -311,6 +370,27 @@ def markdown(report: dict[str, Any]) -> str:
             ]
         )
     lines.append(_common.markdown_table(headers, rows))
+    projected = [r for r in report["models"] if r.get("projection")]
+    if projected:
+        lines += [
+            "",
+            "Runs stopped by the budget, and where their curves point (a + b/epoch fitted to "
+            "the second half of the validation -ELBO curve; projected NLL = test NLL minus the "
+            "further gain the fit predicts; a rough guide, not a measurement):",
+            "",
+            _common.markdown_table(
+                ["model", "-valid ELBO by epoch", "fitted asymptote", "projected test NLL"],
+                [
+                    [
+                        r["model"],
+                        _curve_text(r["curve"]),
+                        f"{r['projection']['asymptote_neg_valid_elbo']:.2f}",
+                        f"{r['projection']['nll']:.2f}",
+                    ]
+                    for r in projected
+                ],
+            ),
+        ]
     lines += [
         "",
         "test NLL = -mean log p(x) over the test points, importance sampled with K samples from "
@@ -334,6 +414,12 @@ def parse(argv=None):
         help="training time per model; stop after the epoch that crosses it (0: none)",
     )
     p.add_argument("--num-samples", type=int, default=5000, help="importance samples (K)")
+    p.add_argument(
+        "--test-points",
+        type=int,
+        default=0,
+        help="evaluate a seeded random subset of this many test points (0: all 10,000)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: the spec's")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/bmnist")
@@ -355,6 +441,8 @@ def parse(argv=None):
         args.out = _common.RESULTS / ("bmnist-quick" if args.quick else "bmnist")
     if args.epochs < 0 or args.time_budget_minutes < 0 or args.num_samples < 1:
         p.error("--epochs and --time-budget-minutes must be >= 0, --num-samples >= 1")
+    if args.test_points < 0:
+        p.error("--test-points must be >= 0 (0: the whole test split)")
     return args
 
 
@@ -372,6 +460,7 @@ def main(argv=None) -> int:
         "epochs": args.epochs or None,
         "time_budget_minutes": args.time_budget_minutes or None,
         "num_samples": args.num_samples,
+        "test_points": None if args.quick else (args.test_points or None),
         "models": [],
     }
     start = time.perf_counter()

@@ -571,6 +571,13 @@ class M2Config(ModelConfig):
             (any ELBO-type objective, ``iwae`` and ``renyi`` included).
         m1_run: a trained ``vae`` run folder: M2 then models that VAE's encoder means
             (M1+M2; use ``likelihood.kind = "gaussian"``). Empty: M2 on the data.
+        labelled_repeat: :math:`r`, how many times each epoch visits every labelled point
+            (the unlabelled ones once): with 100 labels among 11,000 images a batch of 100
+            holds one labelled point on average, ``r = 10`` makes it about ten, as
+            Kingma et al.'s code and Pyro's tutorial do by cycling the labelled set. The
+            classification term of each visit is weighted ``aux_weight * N / (r *
+            num_labels)`` so that :math:`\alpha` keeps its meaning; the labelled points'
+            ELBO terms count :math:`r` times.
 
     :meth:`inputs` gives the training split its labels on the labelled subset and ``-1``
     elsewhere, and every other split ``-1`` everywhere: the validation ELBO (which picks
@@ -586,6 +593,7 @@ class M2Config(ModelConfig):
     aux_weight: float = 0.1
     sum_y: Literal["enumerate", "explicit"] = "enumerate"
     m1_run: str = ""
+    labelled_repeat: int = 1
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1:
@@ -603,6 +611,8 @@ class M2Config(ModelConfig):
             )
         if self.sum_y not in SUM_Y:
             raise SpecError(f"model.sum_y must be one of {', '.join(SUM_Y)}, got {self.sum_y!r}")
+        if self.labelled_repeat < 1:
+            raise SpecError(f"model.labelled_repeat must be at least 1, got {self.labelled_repeat}")
 
     def check_spec(self, spec) -> None:
         """Refuse data without labels and objectives that cannot sum ``y`` as asked."""
@@ -640,7 +650,12 @@ class M2Config(ModelConfig):
             train = split in _TRAIN_SPLITS
         if not train:
             return split.x, torch.full((len(split),), UNLABELLED, dtype=torch.long)
-        return split.x, hide_labels(split.y, self.label_mask(split))
+        mask = self.label_mask(split)
+        x, y = split.x, hide_labels(split.y, mask)
+        if self.labelled_repeat > 1:  # the labelled points again, r - 1 more times
+            index = mask.nonzero().squeeze(-1).repeat(self.labelled_repeat - 1)
+            x, y = torch.cat([x, split.x[index]]), torch.cat([y, split.y[index].long()])
+        return x, y
 
     def build(self, spec, data) -> tuple[M2, M2Guide]:
         if data.num_classes is None or data.train.y is None:
@@ -659,7 +674,7 @@ class M2Config(ModelConfig):
             binarized=data.binarize != "none" and m1 is None,
             where=f"the {data.name} training data" + (" (M1 features)" if m1 else ""),
         )
-        aux_scale = self.aux_weight * len(data.train) / int(mask.sum())
+        aux_scale = self.aux_weight * len(data.train) / (int(mask.sum()) * self.labelled_repeat)
         return build_m2(
             x.shape[-1],
             data.num_classes,

@@ -172,6 +172,7 @@ def _one_sentence(err: Exception) -> str:
         (_spec(sum_y="explicit", num_labels=0), "num_labels must be at least 1"),
         (_spec(sum_y="both"), "model.sum_y must be one of"),
         (_spec(sum_y="explicit", aux_weight=-1.0), "aux_weight"),
+        (_spec(sum_y="explicit", labelled_repeat=0), "labelled_repeat must be at least 1"),
     ],
 )
 def test_spec_checks_refuse_bad_combinations(raw, words):
@@ -206,6 +207,36 @@ def test_inputs_label_the_training_subset_only_and_scale_the_classification_term
         assert bool((model_inputs(spec, split)[1] == -1).all())
     assert model.aux_scale == pytest.approx(0.2 * len(data.train) / 23)
     assert MODELS.get("m2") is M2Config
+
+
+def test_labelled_repeat_visits_the_labelled_points_r_times_and_keeps_alpha():
+    from ppvae.run import build, model_inputs
+
+    raw = {
+        **_spec(num_labels=20, label_seed=3, aux_weight=0.1),
+        "data": {"binarize": "static"},
+        "objective": {"kind": "enum_elbo"},
+    }
+    data, once, _ = build(parse_spec(raw))
+    x1, y1 = model_inputs(parse_spec(raw), data.train)
+    spec = parse_spec({**raw, "model": {**raw["model"], "labelled_repeat": 4}})
+    data, model, _ = build(spec)
+    x, y = model_inputs(spec, data.train)
+    n = len(data.train)
+    assert x.shape == (n + 3 * 20, x1.shape[1]) and y.shape == (n + 3 * 20,)
+    assert torch.equal(x[:n], x1) and torch.equal(y[:n], y1)  # the split itself, unchanged
+    labelled = y1 >= 0
+    # the extra rows: the labelled points, with their labels, three more times
+    extra_x, extra_y = x[n:].view(3, 20, -1), y[n:].view(3, 20)
+    for copy in range(3):
+        assert torch.equal(extra_x[copy], x1[labelled]) and torch.equal(extra_y[copy], y1[labelled])
+    assert torch.equal(torch.bincount(y[y >= 0]), 4 * torch.bincount(y1[labelled]))
+    # alpha keeps its meaning: the classification weight per visit is divided by r
+    assert model.aux_scale == pytest.approx(once.aux_scale / 4)
+    assert model.aux_scale == pytest.approx(0.1 * n / (20 * 4))
+    for split in (data.valid, data.test):  # the other splits are untouched and unlabelled
+        xs, ys = model_inputs(spec, split)
+        assert len(xs) == len(split) and bool((ys == -1).all())
 
 
 def test_data_without_labels_is_refused_on_load(tmp_path):
