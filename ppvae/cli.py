@@ -200,6 +200,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ppvae.errors import RunDirError
+    from ppvae.infer.train import seeded
     from ppvae.report import save_image_grid
     from ppvae.run import load_run
 
@@ -218,8 +219,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise RunDirError(
             "the data are not images, so samples cannot be a .png; use --out FILE.npy"
         )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+    with seeded(args.seed, run.device):
         if args.condition is None:
             samples = run.model.generate(args.n).cpu()
         elif "condition" in inspect.signature(run.model.generate).parameters:

@@ -45,7 +45,7 @@ from ppvae.checkpoint import load_checkpoint
 from ppvae.data import DataBundle, Split
 from ppvae.errors import CheckpointError, RunDirError
 from ppvae.infer.callbacks import Callback
-from ppvae.infer.train import History, fit, resolve_device
+from ppvae.infer.train import History, fit, resolve_device, seeded
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions
 from ppvae.spec import Spec, dump_spec, load_spec
 
@@ -265,8 +265,7 @@ def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list
     if shape is None:
         return written
     generator = torch.Generator().manual_seed(run.spec.train.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.spec.train.seed)
+    with seeded(run.spec.train.seed, run.device):
         if hasattr(run.model, "generate"):
             save_image_grid(run.model.generate(64).cpu(), shape, figures / "samples.png")
             written.append(figures / "samples.png")

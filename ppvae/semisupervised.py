@@ -48,6 +48,7 @@ import torch
 
 from ppvae.data import DataBundle, labelled_part
 from ppvae.errors import RunDirError, SpecError
+from ppvae.infer.train import seeded
 from ppvae.spec import Spec, parse_spec
 
 __all__ = [
@@ -263,8 +264,7 @@ def run_cell(
     device = run.device
     acc = accuracy(lambda x: run.guide.predict_proba(x.to(device)), data.test.x, data.test.y)
     if data.image_shape is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, device):
             grid = run.model.generate_by_class(10).cpu()
         save_image_grid(grid, data.image_shape, run.path / "figures" / "classes.png", ncols=10)
     mask = cell_spec.model.label_mask(data.train, data.num_classes)

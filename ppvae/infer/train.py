@@ -264,6 +264,28 @@ def _shuffled_batches(
         yield tuple(t.index_select(0, idx) for t in tensors), size
 
 
+@contextlib.contextmanager
+def seeded(seed: int | None, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block on the global random streams seeded with ``seed`` (None: unseeded)
+    and restore them afterwards: the CPU stream, and ``device``'s when it is a GPU
+    (``torch.manual_seed`` seeds every device, so a GPU stream must be forked too, or
+    training on CUDA would restart from the same noise after every validation pass).
+
+    Example:
+        >>> with seeded(3):
+        ...     a = torch.rand(2)
+        >>> with seeded(3):
+        ...     b = torch.rand(2)
+        >>> torch.equal(a, b)
+        True
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
 def mean_elbo(
     model: Callable,
@@ -284,9 +306,7 @@ def mean_elbo(
     cls = pyro.infer.TraceEnum_ELBO if enumerate else pyro.infer.Trace_ELBO
     elbo = cls(num_particles=num_particles, vectorize_particles=num_particles > 1)
     total = 0.0
-    with torch.random.fork_rng(devices=[]), _eval_mode(model, guide):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded(seed, tensors[0].device), _eval_mode(model, guide):
         for batch in _batches(tensors, batch_size):
             b = batch[0].shape[0]
             m = _wrapped(model, plate, 1.0 / n, b / n / n, 1.0)

@@ -186,3 +186,22 @@ def test_deterministic_cuda_runs_are_bit_identical_across_processes(tmp_path):
     wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_validation_and_seeded_blocks_leave_the_gpu_random_stream_alone(ppca):
+    """``mean_elbo`` seeds its draws; the training stream on the GPU must go on as it was
+    (were it re-seeded, every epoch would repeat the previous one's noise)."""
+    from ppvae.infer.train import mean_elbo, seeded
+
+    model, guide = _LinearModel(ppca.d, ppca.k).cuda(), _LinearGuide(ppca.d, ppca.k).cuda()
+    x = ppca.sample(100).cuda()
+    torch.cuda.manual_seed(123)
+    before = torch.cuda.get_rng_state()
+    a = mean_elbo(model, guide, x, batch_size=32)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    assert mean_elbo(model, guide, x, batch_size=32) == a  # seeded: the same draws
+    with seeded(5, "cuda"):
+        first = torch.randn(3, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    with seeded(5, "cuda"):
+        assert torch.equal(torch.randn(3, device="cuda"), first)
