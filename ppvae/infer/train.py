@@ -297,14 +297,17 @@ def mean_elbo(
     seed: int | None = 0,
     num_particles: int = 1,
     enumerate: bool = False,
+    max_plate_nesting: int | None = None,
 ) -> float:
     """The ELBO of the whole data set divided by its size (nats per data point), with
     ``num_particles`` samples; ``seed`` fixes the draws without touching the global RNG.
-    ``enumerate=True`` sums out sites marked for enumeration (``TraceEnum_ELBO``)."""
+    ``enumerate=True`` sums out sites marked for enumeration (``TraceEnum_ELBO``, with
+    ``max_plate_nesting`` when known; Pyro guesses it otherwise)."""
     tensors = as_tensors(data)
     n = tensors[0].shape[0]
     cls = pyro.infer.TraceEnum_ELBO if enumerate else pyro.infer.Trace_ELBO
-    elbo = cls(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    nesting = {} if max_plate_nesting is None else {"max_plate_nesting": max_plate_nesting}
+    elbo = cls(num_particles=num_particles, vectorize_particles=num_particles > 1, **nesting)
     total = 0.0
     with seeded(seed, tensors[0].device), _eval_mode(model, guide):
         for batch in _batches(tensors, batch_size):
@@ -648,6 +651,12 @@ def _run(state: TrainState, cbs: list[Callback], epoch_batches, transform, valid
             cb.on_train_end(state)
 
 
+def _known_nesting(objective: Any) -> int | None:
+    """The training objective's ``max_plate_nesting`` once set or guessed (None before)."""
+    value = getattr(getattr(objective, "elbo", None), "max_plate_nesting", None)
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform, valid) -> None:
     start = time.perf_counter()
     for cb in cbs:
@@ -691,6 +700,7 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
             valid,
             plate=state.plate,
             enumerate=state.objective.enumerates,
+            max_plate_nesting=_known_nesting(state.objective),
         )
         monitored = record["valid_elbo"]
         if not math.isfinite(monitored):  # skipping steps cannot repair diverged weights
