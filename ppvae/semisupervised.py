@@ -458,7 +458,8 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, *, spec: Spec) -> li
         f"# Semi-supervised test accuracy (%): M2 on {spec.data.kind}",
         "",
         f"Spec: model latent_dim={m.latent_dim}, hidden={list(m.hidden)}, activation={m.activation}, "
-        f"sum_y={m.sum_y}, aux_weight={m.aux_weight}{', m1_run=' + m.m1_run if m.m1_run else ''}; "
+        f"sum_y={m.sum_y}, aux_weight={m.aux_weight}, labelled_repeat={m.labelled_repeat}"
+        f"{', m1_run=' + m.m1_run if m.m1_run else ''}; "
         f"likelihood {spec.likelihood.kind}; objective {spec.objective.kind}; data binarize="
         f"{spec.data.binarize}; train epochs={spec.train.epochs}, batch_size={spec.train.batch_size}, "
         f"lr={spec.train.lr}.",
