@@ -14,7 +14,8 @@ For each model (``--models``, default all of ``vae_bmnist``, ``iwae_bmnist``,
    one ``<model>.json`` per model into ``--out`` (default ``benchmarks/results/bmnist``).
 
 Resumable: run the same command again after a kill. A model whose ``<model>.json`` exists
-is skipped; a run folder (``<out>/runs/<model>``) with a checkpoint resumes from
+is skipped (unless it was stopped by a time budget or epoch limit that this command
+raises: then it trains on and is evaluated again); a run folder (``<out>/runs/<model>``) with a checkpoint resumes from
 ``checkpoints/last.pt`` (its spec must be the same, except ``--epochs``, which may grow);
 a trained model is not retrained and an evaluated one (its ``evaluation/test-K<K>.json``)
 is not re-evaluated. Delete ``<model>.json`` (and the run folder) to redo a model.
@@ -153,7 +154,7 @@ def evaluate(run: Run | None, run_dir: Path, args, log) -> dict[str, Any]:
     """The test-split summary of the best checkpoint (read back when it exists)."""
     subset = f"-n{args.test_points}" if args.test_points and not args.quick else ""
     path = run_dir / "evaluation" / f"test-K{args.num_samples}{subset}.json"
-    if path.is_file():
+    if path.is_file() and run is None:  # trained further now: the old figures are stale
         log(f"evaluated already ({path})")
         summary = json.loads(path.read_text())
         summary.setdefault("seconds", None)
@@ -188,9 +189,17 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
     result_path = args.out / f"{name}.json"
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result.get("num_samples") == args.num_samples and result.get("test_points_asked") == (
-            args.test_points or None
-        ):
+        same = (
+            result.get("num_samples") == args.num_samples
+            and result.get("test_points_asked") == (args.test_points or None)
+            # a larger budget or epoch limit continues a run that the old one stopped
+            and not (
+                result.get("stopped_by") == "time budget"
+                and result.get("time_budget_minutes") != (args.time_budget_minutes or None)
+            )
+            and not (result.get("stopped_by") == "epoch limit" and args.epochs > result["epochs"])
+        )
+        if same:
             log(f"done already ({result_path}); delete it to redo")
             return result
     overrides = [f"train.device={args.device}", f"train.progress={str(args.progress).lower()}"]
@@ -223,6 +232,7 @@ def benchmark_model(name: str, args, log) -> dict[str, Any]:
         "stopped_by": stop_reason(history, spec, budget_s) or "unfinished",
         "best_valid_elbo": _valid_elbo(best),
         "train_seconds": sum(r.get("seconds", 0.0) for r in history),
+        "time_budget_minutes": args.time_budget_minutes or None,
         "eval_seconds": summary.get("seconds"),
         "num_samples": summary["num_samples"],
         "test_points": summary["n"],
