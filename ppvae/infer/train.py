@@ -66,6 +66,7 @@ from ppvae.infer.callbacks import (
     MetricsLogger,
     ProgressBar,
 )
+from ppvae.infer.direct import direct_elbo
 from ppvae.infer.isolation import isolated_param_store
 from ppvae.infer.objectives import Objective, build_objective
 from ppvae.infer.scaling import LatentScale, MinibatchScale
@@ -122,6 +123,7 @@ class TrainState:
     is_main_process: bool = True
     world_size: int = 1
     ddp: nn.Module | None = None
+    direct: Callable[[torch.Tensor, float, float], torch.Tensor] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: weights, optimizer, RNG states, counters, history, spec."""
@@ -408,6 +410,10 @@ def _step(state: TrainState, batch: Batch, global_size: int | None = None) -> di
         loss = state.ddp(local, global_, state.kl_weight, *batch)
         loss.backward()
         loss = loss.detach()
+    elif state.direct is not None:  # ppvae's VAE with Trace_ELBO, without the tracing
+        loss = state.direct(batch[0], local, state.kl_weight)
+        loss.backward()
+        loss = loss.detach()
     else:
         model = _wrapped(state.model, state.plate, local, global_, state.kl_weight)
         guide = _wrapped(state.guide, state.plate, local, global_, state.kl_weight)
@@ -461,6 +467,7 @@ def fit(
     spec: dict[str, Any] | None = None,
     spec_digest: str | None = None,
     resume_from: str | Path | None = None,
+    fast_path: bool = True,
 ) -> History:
     r"""Train ``model`` and ``guide`` on ``data`` by minimizing a variational objective.
 
@@ -491,6 +498,9 @@ def fit(
             training batch (e.g. dynamic binarization).
         spec, spec_digest: the resolved spec stored in checkpoints.
         resume_from: a checkpoint to continue from (same model, data and options).
+        fast_path: for ppvae's own VAE pair with the single-sample ``elbo``, compute the
+            loss without tracing (:func:`ppvae.infer.direct.direct_elbo`: the same loss,
+            gradients and random draws as Pyro's ``Trace_ELBO``); False always traces.
 
     Returns:
         The :class:`History`: one record per epoch with ``epoch``, ``step``,
@@ -602,6 +612,8 @@ def fit(
         )
         _check_first_batch(state, first)
         pyro.set_rng_seed(sample_seed)  # the check drew random numbers: start again
+        if fast_path and dinfo is None:
+            state.direct = direct_elbo(model, guide, objective)
         if dinfo is not None:
             if type(objective).loss_and_grads is not Objective.loss_and_grads:
                 raise SpecError(
