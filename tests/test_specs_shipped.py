@@ -78,7 +78,13 @@ def test_spec_trains_with_a_tiny_budget(path, tmp_path, request):
         request.getfixturevalue("data_dir")  # skips without $PPVAE_DATA_DIR
     from ppvae.run import load_run, train_spec
 
-    spec = load_spec(path, [*TINY, *_small_model(spec)])
+    extra = []
+    if getattr(spec.model, "m1_run", ""):  # M1+M2: first the M1 spec named by the run folder
+        m1_path = path.parent / f"{Path(spec.model.m1_run).name}.toml"
+        m1 = load_spec(m1_path)
+        train_spec(load_spec(m1_path, [*TINY, *_small_model(m1)]), tmp_path / "m1")
+        extra.append(f"model.m1_run={json.dumps(str(tmp_path / 'm1'))}")
+    spec = load_spec(path, [*TINY, *_small_model(spec), *extra])
     run, history = train_spec(spec, tmp_path / "run")
     assert len(history) == 1
     record = history.records[0]
