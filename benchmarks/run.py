@@ -145,10 +145,13 @@ class PpvaeRunner:
 
     label = "ppvae fit"
 
-    def __init__(self, model, guide, states, particles: int, device: torch.device) -> None:
+    def __init__(
+        self, model, guide, states, particles: int, device: torch.device, fast_path: bool = True
+    ) -> None:
         from ppvae.infer.objectives import OBJECTIVES
 
         self.model, self.guide, self.states, self.device = model, guide, states, device
+        self.fast_path = fast_path
         self.objective = (
             "elbo" if particles == 1 else OBJECTIVES.get("iwae")(num_particles=particles)
         )
@@ -171,6 +174,7 @@ class PpvaeRunner:
             device=self.device,
             seed=seed,
             progress=False,
+            fast_path=self.fast_path,
         )
         _common.synchronize(self.device)
         call = time.perf_counter() - start
@@ -255,10 +259,10 @@ class PyroSviRunner:
 
 
 def make_runner(name: str, particles: int, states, device, model=None, guide=None):
-    if name == "ppvae":
+    if name in ("ppvae", "ppvae_traced"):  # traced: through Pyro's Trace_ELBO, as user programs
         if model is None:
             model, guide = build_ppvae_pair()
-        return PpvaeRunner(model, guide, states, particles, device)
+        return PpvaeRunner(model, guide, states, particles, device, fast_path=name == "ppvae")
     if name == "torch":
         return TorchRunner(states, particles, device)
     if name == "pyro_svi":
@@ -564,7 +568,12 @@ def markdown(report: dict[str, Any]) -> str:
         "mean loss",
     ]
     rows = []
-    labels = {"ppvae": "ppvae fit", "torch": "hand-written torch", "pyro_svi": "pyro SVI"}
+    labels = {
+        "ppvae": "ppvae fit",
+        "ppvae_traced": "ppvae fit, traced (fast_path=False)",
+        "torch": "hand-written torch",
+        "pyro_svi": "pyro SVI",
+    }
     for workload, title in (("elbo", "ELBO (1 sample)"), ("iwae50", "IWAE k=50")):
         t = report["training"][workload]
         for name, v in t["variants"].items():
@@ -725,6 +734,7 @@ def main(argv=None) -> int:
     log(f"timing ELBO: {args.repeats} x {math.ceil(len(elbo_x) / BATCH)} steps ...")
     runners = {
         "ppvae": make_runner("ppvae", 1, states, device, model, guide),
+        "ppvae_traced": make_runner("ppvae_traced", 1, states, device, model, guide),
         "torch": make_runner("torch", 1, states, device),
         "pyro_svi": make_runner("pyro_svi", 1, states, device),
     }

@@ -38,14 +38,17 @@ def _positive(value) -> bool:
 def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
     _run(repo, data_dir, tmp_path, "run.py", "--device", "cpu")
     report = json.loads((tmp_path / "run-cpu.json").read_text())
-    assert (tmp_path / "run-cpu.md").read_text().count("| ELBO (1 sample) |") == 3
+    assert (tmp_path / "run-cpu.md").read_text().count("| ELBO (1 sample) |") == 4
     for key in ("machine", "config", "targets", "matmul_peak", "training", "evaluation", "memory"):
         assert key in report
     for key in ("date", "cpu", "cpu_count", "torch", "pyro"):
         assert report["machine"][key]
     assert _positive(report["matmul_peak"]["gflops"])
 
-    expected = {"elbo": {"ppvae", "torch", "pyro_svi"}, "iwae50": {"ppvae", "torch"}}
+    expected = {
+        "elbo": {"ppvae", "ppvae_traced", "torch", "pyro_svi"},
+        "iwae50": {"ppvae", "torch"},
+    }
     for workload, names in expected.items():
         t = report["training"][workload]
         assert set(t["variants"]) == names
