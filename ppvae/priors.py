@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppvae.context import BuildContext
+from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import SpecError
 from ppvae.flows import check_count_bins, check_flow_options, flow_hidden_sizes, made
 from ppvae.registry import Registry
@@ -138,6 +139,33 @@ class MixturePrior(PriorConfig):
 
 
 _EMPTY = torch.Size()
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _diagonal_normal_table(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log N(z_n; \mu_c, \mathrm{diag}\,\sigma_c^2)` for every ``z`` (``(..., D)``) and
+    component ``c`` (``loc``, ``scale``: ``(C, D)``), shape ``(..., C)``, by two matrix
+    products, :math:`-\frac12 [z^2 \cdot \sigma^{-2} - 2 z \cdot \mu \sigma^{-2} + \sum
+    \mu^2 \sigma^{-2}] - \sum \log \sigma - \frac D2 \log 2\pi`, without the
+    ``(..., C, D)`` tensor of differences (which for 5,000 importance samples of 100 points
+    and 500 pseudo-inputs is 10 GB of float32). The products run in float64: the three
+    terms cancel where ``z`` is near :math:`\mu_c`, the components that matter.
+
+    Example:
+        >>> z, loc, scale = torch.randn(4, 3), torch.randn(5, 3), torch.rand(5, 3) + 0.5
+        >>> direct = torch.distributions.Normal(loc, scale).log_prob(z[:, None]).sum(-1)
+        >>> torch.allclose(_diagonal_normal_table(z, loc, scale), direct, atol=1e-5)
+        True
+    """
+    flat = z.reshape(-1, z.shape[-1]).double()
+    precision = scale.double().pow(-2)  # (C, D)
+    quad = (
+        flat.pow(2) @ precision.T
+        - 2.0 * flat @ (loc.double() * precision).T
+        + (loc.double().pow(2) * precision).sum(-1)
+    )
+    out = -0.5 * quad - scale.double().log().sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+    return out.to(z.dtype).reshape(*z.shape[:-1], loc.shape[0])
 
 
 class VampPriorDistribution(dist.TorchDistribution):
@@ -193,8 +221,13 @@ class VampPriorDistribution(dist.TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         num = self.pseudo_inputs.shape[0]
-        z = value.unsqueeze(-2).expand(*value.shape[:-1], num, value.shape[-1])
-        lp = torch.logsumexp(self.components.log_prob(z), -1) - math.log(num)
+        components = self.components
+        if isinstance(components, ReparamDiagonalNormal):
+            log_q = _diagonal_normal_table(value, components.loc, components.scale)
+        else:
+            z = value.unsqueeze(-2).expand(*value.shape[:-1], num, value.shape[-1])
+            log_q = components.log_prob(z)
+        lp = torch.logsumexp(log_q, -1) - math.log(num)
         return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
 
     def rsample(self, sample_shape=_EMPTY) -> torch.Tensor:
