@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass
 
 import pyro.distributions as dist
@@ -35,7 +34,7 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
 from ppvae.context import BuildContext
-from ppvae.distributions import ReparamDiagonalNormal
+from ppvae.distributions import _HALF_LOG_2PI, ReparamDiagonalNormal
 from ppvae.errors import SpecError
 from ppvae.flows import FlowEncoder, check_count_bins, check_flow_options, flow_hidden_sizes, made
 from ppvae.nn import MLP
@@ -110,7 +109,6 @@ def _check_min_scale(min_scale: float) -> None:
         raise SpecError(f"guide.min_scale must be non-negative, got {min_scale}")
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _EMPTY = torch.Size()
 
 

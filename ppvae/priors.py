@@ -45,7 +45,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppvae.context import BuildContext
-from ppvae.distributions import ReparamDiagonalNormal
+from ppvae.distributions import _HALF_LOG_2PI, ReparamDiagonalNormal
 from ppvae.errors import SpecError
 from ppvae.flows import check_count_bins, check_flow_options, flow_hidden_sizes, made
 from ppvae.registry import Registry
@@ -139,7 +139,6 @@ class MixturePrior(PriorConfig):
 
 
 _EMPTY = torch.Size()
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _diagonal_normal_table(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,6 @@ def direct_elbo(
         log_q = q.log_prob(z)
         log_pz = model.prior().log_prob(z)
         log_px = model.likelihood(model.decoder(z)).log_prob(x)
-        if kl_weight != 1.0:
-            return -local * (log_px + kl_weight * (log_pz - log_q)).sum()
-        return -local * (log_px + log_pz - log_q).sum()
+        return -local * (log_px + kl_weight * (log_pz - log_q)).sum()
 
     return loss
