@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ppvae.errors import DataError, RunDirError
+from ppvae.models.abilities import Classifies
 
 __all__ = ["ClassifyResult", "classify_run", "predict_proba", "read_inputs"]
 
@@ -86,7 +87,7 @@ def classify_run(
     if data is not None and split is not None:
         raise RunDirError("give either --data FILE.npz or --split, not both")
     run = load_run(run_dir, which=checkpoint, device=device)
-    if not hasattr(run.guide, "predict_proba"):
+    if not isinstance(run.guide, Classifies):
         raise RunDirError(
             f"the run in {str(run_dir)!r} is a {run.spec.model.kind!r} model without a "
             "classifier q(y|x); classify needs a semi-supervised run such as model.kind = 'm2'"

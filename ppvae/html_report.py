@@ -45,6 +45,12 @@ import numpy as np
 import torch
 
 from ppvae.errors import PpvaeError, RunDirError
+from ppvae.models.abilities import (
+    AmortizedPosterior,
+    Generates,
+    LayeredPosterior,
+    Reconstructs,
+)
 
 __all__ = ["write_report", "LATENT_POINTS", "REPORT_FILE"]
 
@@ -414,11 +420,11 @@ def _images_section(run, load_error: str | None) -> str:
             pixelated=True,
         )
 
-    if hasattr(run.model, "generate"):
+    if isinstance(run.model, Generates):
         figures.append(_safely("drawing samples", samples))
     else:
         figures.append(_note(f"model kind {run.spec.model.kind!r} has no generate(n): no samples"))
-    if hasattr(run.model, "reconstruct"):
+    if isinstance(run.model, Reconstructs):
         if len(run.data.test):
             figures.append(_safely("reconstructing test data", reconstructions))
         else:
@@ -433,10 +439,9 @@ def _images_section(run, load_error: str | None) -> str:
 def _posterior_means(run, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, str] | str:
     """The guide's posterior means for ``inputs`` and what they are, or a note why not."""
     guide = run.guide
-    posterior = getattr(guide, "posterior", None)
-    if callable(posterior):
-        q, name = posterior(*inputs), "z | x" + (", y" if len(inputs) > 1 else "")
-    elif callable(getattr(guide, "q_z1", None)):
+    if isinstance(guide, AmortizedPosterior):
+        q, name = guide.posterior(*inputs), "z | x" + (", y" if len(inputs) > 1 else "")
+    elif isinstance(guide, LayeredPosterior):
         q, name = guide.q_z1(inputs[0]), "z1 | x"
     else:
         return (

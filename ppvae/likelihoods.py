@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyro.distributions as dist
 import torch
@@ -56,6 +56,10 @@ class LikelihoodConfig(abc.ABC):
     """Options of one likelihood kind (the ``[likelihood]`` section)."""
 
     kind: str
+    #: The values it models: ``"binary"`` ({0, 1}), ``"unit_interval"`` ([0, 1]),
+    #: ``"real"``, ``"eight_bit"`` (256 levels in [0, 1]) or ``"counts"`` (0, 1, 2, ...);
+    #: rules of other sections read it (M1+M2 feeds real values and needs ``"real"``).
+    support: ClassVar[str] = "unknown"
 
     @abc.abstractmethod
     def build(self, ctx: BuildContext) -> nn.Module:
@@ -93,6 +97,8 @@ class BernoulliLikelihood(LikelihoodConfig):
     r"""Independent Bernoulli pixels on logits: :math:`p(x|z) = \prod_i
     \mathrm{Bern}(x_i; \sigma(f_i(z)))`. Needs binary data."""
 
+    support: ClassVar[str] = "binary"
+
     def build(self, ctx: BuildContext) -> nn.Module:
         return _Bernoulli()
 
@@ -123,6 +129,8 @@ class _ContinuousBernoulli(nn.Module):
 class ContinuousBernoulliLikelihood(LikelihoodConfig):
     r"""The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019) for data in [0, 1]:
     the Bernoulli density with its normalizing constant, a proper density on [0, 1]."""
+
+    support: ClassVar[str] = "unit_interval"
 
     def build(self, ctx: BuildContext) -> nn.Module:
         return _ContinuousBernoulli()
@@ -171,6 +179,8 @@ class GaussianLikelihood(LikelihoodConfig):
         learn: ``"fixed"`` keeps :math:`\sigma`; ``"global"`` learns one :math:`\sigma`;
             ``"pixel"`` learns one per feature.
     """
+
+    support: ClassVar[str] = "real"
 
     scale: float = 0.1
     learn: Literal["fixed", "global", "pixel"] = "fixed"
@@ -317,6 +327,7 @@ class _LikelihoodWithData(LikelihoodConfig):
 
 
 class _EightBit(_LikelihoodWithData):
+    support: ClassVar[str] = "eight_bit"
     _needs = (
         "8-bit grey levels (multiples of 1/255 in [0, 1]) but {where} has other values; use "
         'uint8 images (e.g. data.kind = "mnist" or an npz of uint8) or likelihood.kind = '
@@ -388,6 +399,7 @@ class DiscretizedLogisticLikelihood(_EightBit):
 
 
 class _Counts(_LikelihoodWithData):
+    support: ClassVar[str] = "counts"
     _needs = (
         "counts (non-negative integers) but {where} has other values; use count data (e.g. "
         "an npz of integers) or a likelihood for real values"

@@ -20,7 +20,7 @@ from torch import nn
 
 from ppvae.errors import SpecError
 
-__all__ = ["MLP", "ACTIVATIONS", "make_activation"]
+__all__ = ["MLP", "ACTIVATIONS", "make_activation", "broadcast_cat"]
 
 #: Activation functions selectable by name in specs (``model.activation``).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -72,3 +72,10 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return super().forward(x)
+
+
+def broadcast_cat(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate on the last dim after broadcasting the leading dims (e.g. data of shape
+    ``(B, 1, D)`` with one-hot labels ``(C, C)`` gives ``(B, C, D + C)``)."""
+    batch = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], -1)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pyro
@@ -46,6 +47,8 @@ from ppvae.data import DataBundle, Split
 from ppvae.errors import CheckpointError, RunDirError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import History, fit, resolve_device, seeded
+from ppvae.models.abilities import Generates, Reconstructs
+from ppvae.models.base import ModelContext, PretrainedRun
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions
 from ppvae.spec import Spec, dump_spec, load_spec
 
@@ -56,6 +59,8 @@ __all__ = [
     "load_run",
     "default_run_dir",
     "model_inputs",
+    "train_inputs",
+    "model_context",
     "write_figures",
 ]
 
@@ -80,18 +85,62 @@ class Run:
 
 
 def build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
-    """Load the spec's data and build its model/guide pair, with weights initialized from
-    ``spec.train.seed`` (the same spec builds the same initial weights in any process)."""
+    """Load the spec's data and the trained runs its model kind builds on, and build its
+    model/guide pair, with weights initialized from ``spec.train.seed`` (the same spec
+    builds the same initial weights in any process)."""
     data = spec.data.load()
+    pretrained = {name: _pretrained(path) for name, path in spec.model.pretrained_runs().items()}
     pyro.set_rng_seed(spec.train.seed)
-    model, guide = spec.model.build(spec, data)
+    model, guide = spec.model.build(model_context(spec, data, pretrained))
     return data, model, guide
 
 
+def model_context(
+    spec: Spec, data: DataBundle, pretrained: Mapping[str, PretrainedRun] | None = None
+) -> ModelContext:
+    """What ``spec.model.build`` needs of the spec and data (and of trained runs)."""
+    return ModelContext(
+        data_name=data.name,
+        data_dim=data.dim,
+        train=data.train,
+        prior=spec.prior,
+        guide=spec.guide,
+        likelihood=spec.likelihood,
+        objective=spec.objective,
+        num_classes=data.num_classes,
+        image_shape=data.image_shape,
+        binarized=data.binarize != "none",
+        seed=spec.train.seed,
+        pretrained=MappingProxyType(dict(pretrained or {})),
+    )
+
+
+def _pretrained(path: str) -> PretrainedRun:
+    """The trained run in ``path``, loaded (on the CPU, in eval mode) without touching the
+    random number generators."""
+    state = pyro.util.get_rng_state()
+    try:
+        run = load_run(path)
+    finally:
+        pyro.util.set_rng_state(state)
+    return PretrainedRun(
+        path=path,
+        model=run.model,
+        guide=run.guide,
+        data_dim=run.data.dim,
+        model_kind=run.spec.model.kind,
+        guide_kind=run.spec.guide.kind,
+    )
+
+
 def model_inputs(spec: Spec, split: Split) -> tuple[torch.Tensor, ...]:
-    """The tensors a spec's model takes for ``split`` (``(x,)`` unless the model says)."""
-    inputs = getattr(spec.model, "inputs", None)
-    return inputs(split) if inputs is not None else (split.x,)
+    """The tensors a spec's model takes to evaluate ``split`` (``spec.model.inputs``)."""
+    return spec.model.inputs(split)
+
+
+def train_inputs(spec: Spec, data: DataBundle) -> tuple[torch.Tensor, ...]:
+    """The tensors a spec's model is trained on (``spec.model.train_inputs``)."""
+    return spec.model.train_inputs(data)
 
 
 def default_run_dir(spec_path: str | Path, root: str | Path = "runs") -> Path:
@@ -181,7 +230,7 @@ def train_spec(
     history = fit(
         model,
         guide,
-        model_inputs(spec, data.train),
+        train_inputs(spec, data),
         objective=spec.objective,
         epochs=t.epochs,
         batch_size=t.batch_size,
@@ -266,10 +315,10 @@ def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list
         return written
     generator = torch.Generator().manual_seed(run.spec.train.seed)
     with seeded(run.spec.train.seed, run.device):
-        if hasattr(run.model, "generate"):
+        if isinstance(run.model, Generates):
             save_image_grid(run.model.generate(64).cpu(), shape, figures / "samples.png")
             written.append(figures / "samples.png")
-        if hasattr(run.model, "reconstruct"):
+        if isinstance(run.model, Reconstructs):
             idx = torch.randperm(len(run.data.test), generator=generator)[:32]
             inputs = [t[idx].to(run.device) for t in model_inputs(run.spec, run.data.test)]
             recon = run.model.reconstruct(inputs[0], run.guide, *inputs[1:]).cpu()

@@ -49,6 +49,7 @@ import torch
 from ppvae.data import DataBundle, labelled_part
 from ppvae.errors import RunDirError, SpecError
 from ppvae.infer.train import seeded
+from ppvae.models.abilities import LabelSubset
 from ppvae.spec import Spec, parse_spec
 
 __all__ = [
@@ -307,10 +308,10 @@ def _load_cell(path: Path, digest: str, baseline: bool) -> CellResult | None:
 
 
 def _check_request(spec: Spec, labels: Sequence[int], seeds: Sequence[int]) -> None:
-    if spec.model.kind != "m2":
+    if not isinstance(spec.model, LabelSubset):
         raise SpecError(
-            f"a semi-supervised experiment needs a spec with model.kind = 'm2', not "
-            f"{spec.model.kind!r}"
+            f"a semi-supervised experiment needs a model kind trained on a labelled subset "
+            f"(model.num_labels), such as model.kind = 'm2', not {spec.model.kind!r}"
         )
     if not labels:
         raise SpecError("give at least one label count, e.g. --labels 100 1000")

@@ -25,6 +25,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from ppvae.guides import GUIDES, GuideConfig
 from ppvae.infer.objectives import OBJECTIVES, ObjectiveConfig
 from ppvae.likelihoods import LIKELIHOODS, LikelihoodConfig
 from ppvae.models import MODELS, ModelConfig
+from ppvae.models.base import COMPONENT_SECTIONS
 from ppvae.priors import PRIORS, PriorConfig
 from ppvae.registry import Registry
 
@@ -50,6 +52,8 @@ __all__ = [
     "apply_overrides",
     "dump_spec",
     "SECTIONS",
+    "ObjectiveCapabilities",
+    "objective_capabilities",
 ]
 
 
@@ -335,16 +339,103 @@ def parse_spec(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     return spec
 
 
+def _default(section: str) -> Any:
+    registry, kind = SECTIONS[section]
+    return registry.get(kind)()
+
+
+def _kinds_where(section: str, flag: Callable[[Any], bool]) -> str:
+    """The registered kinds of ``section`` whose default options have ``flag``, quoted."""
+    registry, _default_kind = SECTIONS[section]
+    names = []
+    for name in registry.names():
+        try:
+            if flag(registry.get(name)()):
+                names.append(f'"{name}"')
+        except SpecError:  # a kind without defaults for every option (e.g. npz's path)
+            continue
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+@dataclass(frozen=True)
+class ObjectiveCapabilities:
+    """What the cross-section rules need to know of an objective.
+
+    Attributes:
+        enumerates: it sums discrete sites out by enumeration (a model needing that).
+        supports_kl_warmup: it is an ELBO whose latent terms a warm-up weight may scale.
+        needs_guide_log_prob_anywhere: it evaluates the guide's density at draws it did
+            not make (the ``stl`` and ``dreg`` gradient estimators re-evaluate it at
+            detached samples), which planar and radial flows cannot.
+    """
+
+    enumerates: bool = False
+    supports_kl_warmup: bool = False
+    needs_guide_log_prob_anywhere: bool = False
+
+
+def objective_capabilities(config: ObjectiveConfig) -> ObjectiveCapabilities:
+    """The capabilities of an ``[objective]`` config.
+
+    ``enumerates`` is what the built :class:`~ppvae.infer.objectives.Objective` declares.
+    A config that declares ``supports_kl_warmup`` / ``needs_guide_log_prob_anywhere``
+    itself is read as declared; the kinds that do not yet are given their values here
+    (to move onto the objective configs).
+    """
+    enumerates = bool(config.build().enumerates)
+    warmup = getattr(config, "supports_kl_warmup", None)
+    if warmup is None:
+        warmup = config.kind in ("elbo", "meanfield_elbo")
+    anywhere = getattr(config, "needs_guide_log_prob_anywhere", None)
+    if anywhere is None:
+        anywhere = getattr(config, "estimator", "reparam") in ("stl", "dreg")
+    return ObjectiveCapabilities(enumerates, bool(warmup), bool(anywhere))
+
+
 def _check_combination(spec: Spec) -> None:
-    """Refuse combinations of sections that cannot work together."""
-    if spec.train.kl_warmup_epochs and spec.objective.kind not in ("elbo", "meanfield_elbo"):
+    """Refuse combinations of sections that cannot work together, from the flags the
+    components declare (see :mod:`ppvae.models.base` for the model's)."""
+    model, kind = spec.model, spec.model.kind
+    objective = objective_capabilities(spec.objective)
+    if spec.train.kl_warmup_epochs and not objective.supports_kl_warmup:
         raise SpecError(
-            f"train.kl_warmup_epochs needs an ELBO objective (elbo or meanfield_elbo), "
+            f"train.kl_warmup_epochs needs an ELBO objective "
+            f"({_kinds_where('objective', lambda c: objective_capabilities(c).supports_kl_warmup)}), "
             f"not {spec.objective.kind!r}; set train.kl_warmup_epochs = 0"
         )
-    check = getattr(spec.model, "check_spec", None)
-    if check is not None:
-        check(spec)
+    for section in COMPONENT_SECTIONS:
+        config = getattr(spec, section)
+        if section not in model.uses and config != _default(section):
+            raise SpecError(
+                f"model.kind = {kind!r} does not use the [{section}] section, so "
+                f"{section}.kind = {config.kind!r} (with these options) would be ignored; remove "
+                f"[{section}] or leave it at its default, kind = {SECTIONS[section][1]!r} with "
+                "default options"
+            )
+    if model.needs_labels and spec.data.has_labels is False:
+        raise SpecError(
+            f"model.kind = {kind!r} needs labelled data but data.kind = {spec.data.kind!r} has no "
+            f"labels; use {_kinds_where('data', lambda c: c.has_labels is True)} or npz with labels"
+        )
+    if "prior" in model.uses and spec.prior.needs_posterior and not model.offers_posterior:
+        raise SpecError(
+            f"prior.kind = {spec.prior.kind!r} is built on an amortized guide q(z|x), which "
+            f"model.kind = {kind!r} does not have (its guide is {model.guide_form}); use a prior "
+            f"such as {_kinds_where('prior', lambda c: not c.needs_posterior)}"
+        )
+    if model.needs_enumeration and not objective.enumerates:
+        raise SpecError(
+            f"{model.needs_enumeration} needs objective.kind = "
+            f"{_kinds_where('objective', lambda c: objective_capabilities(c).enumerates)} (an "
+            f"objective that enumerates), not {spec.objective.kind!r}"
+        )
+    if objective.needs_guide_log_prob_anywhere and not spec.guide.log_prob_anywhere:
+        raise SpecError(
+            f"objective.estimator = {getattr(spec.objective, 'estimator', '?')!r} re-evaluates "
+            f"the guide's density at detached samples, which guide.kind = {spec.guide.kind!r} "
+            'cannot (it has no inverse); use objective.estimator = "reparam" or another guide'
+        )
+    model.check_spec(spec)
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:

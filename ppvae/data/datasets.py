@@ -30,6 +30,7 @@ import os
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -105,6 +106,11 @@ class DataConfig(abc.ABC):
         limit: keep only a seeded random subset of this many training examples (0: all);
             valid and test are not affected.
     """
+
+    #: Whether the data set has labels: ``False`` when known to have none (refused by
+    #: model kinds that need labels when the spec is parsed), ``None`` when only loading
+    #: tells (checked then).
+    has_labels: ClassVar[bool | None] = None
 
     binarize: str = "none"
     valid_fraction: float = 0.1
@@ -182,6 +188,8 @@ class DigitsConfig(DataConfig):
         ({'train': 100, 'valid': 144, 'test': 359}, 10)
     """
 
+    has_labels: ClassVar[bool | None] = True
+
     def read(self) -> SourceData:
         images, labels = read_digits()
         x = to_float32(images.astype(np.float32) / 16.0, where="scikit-learn digits")
@@ -201,6 +209,8 @@ class MnistConfig(DataConfig):
     Attributes:
         path: the folder; empty means ``$PPVAE_DATA_DIR/mnist``.
     """
+
+    has_labels: ClassVar[bool | None] = True
 
     path: str = ""
 
@@ -235,6 +245,8 @@ class BinarizedMnistConfig(DataConfig):
     Attributes:
         path: the folder; empty means ``$PPVAE_DATA_DIR/binarized_mnist``.
     """
+
+    has_labels: ClassVar[bool | None] = False
 
     path: str = ""
 

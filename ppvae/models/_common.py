@@ -13,7 +13,7 @@ from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import SpecError
 from ppvae.nn import MLP, make_activation
 
-__all__ = ["GaussianLayer", "check_sizes", "prior_without_posterior", "check_likelihood", "one_hot"]
+__all__ = ["GaussianLayer", "check_sizes", "check_activation", "one_hot"]
 
 
 def check_sizes(where: str, sizes: Sequence[int], *, allow_empty: bool = True) -> None:
@@ -26,22 +26,6 @@ def check_sizes(where: str, sizes: Sequence[int], *, allow_empty: bool = True) -
 
 def check_activation(name: str) -> None:
     make_activation(name)
-
-
-def prior_without_posterior(spec, model_kind: str) -> None:
-    """Refuse priors that need the guide's amortized posterior network (``vamp``) for
-    models whose top-level latent has no such network."""
-    if getattr(spec.prior, "needs_posterior", False):
-        raise SpecError(
-            f"prior.kind = {spec.prior.kind!r} needs a guide that maps x to q(z|x) directly, "
-            f"which model.kind = {model_kind!r} does not have; use standard_normal, mixture or flow"
-        )
-
-
-def check_likelihood(spec, data) -> None:
-    spec.likelihood.check_data(
-        data.train.x, binarized=data.binarize != "none", where=f"the {data.name} training data"
-    )
 
 
 def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:

@@ -19,23 +19,17 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.context import BuildContext
+from ppvae.data import Split
 from ppvae.errors import DataError, SpecError
-from ppvae.models._common import (
-    GaussianLayer,
-    check_activation,
-    check_likelihood,
-    check_sizes,
-    one_hot,
-    prior_without_posterior,
-)
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models._common import GaussianLayer, check_activation, check_sizes, one_hot
+from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
 __all__ = ["CVAE", "CVAEGuide", "CVAEConfig"]
@@ -101,7 +95,12 @@ class CVAEGuide(PyroModule):
 @MODELS.register("cvae")
 @dataclass(frozen=True)
 class CVAEConfig(ModelConfig):
-    """A VAE conditioned on the data's labels (the data set must have them)."""
+    """A VAE conditioned on the data's labels (the data set must have them); its guide
+    :math:`q(z | x, y)` is a Gaussian layer (``[guide]`` is not used)."""
+
+    uses: ClassVar[frozenset[str]] = frozenset({"prior", "likelihood"})
+    needs_labels: ClassVar[bool] = True
+    guide_form: ClassVar[str] = "q(z|x,y)"
 
     latent_dim: int = 10
     hidden: tuple[int, ...] = (256,)
@@ -113,35 +112,25 @@ class CVAEConfig(ModelConfig):
         check_sizes("model.hidden", self.hidden)
         check_activation(self.activation)
 
-    def check_spec(self, spec) -> None:
-        prior_without_posterior(spec, "cvae")
-
-    def inputs(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         return split.x, split.y
 
-    def build(self, spec, data) -> tuple[CVAE, CVAEGuide]:
-        if data.train.y is None or not data.num_classes:
+    def build(self, ctx: ModelContext) -> tuple[CVAE, CVAEGuide]:
+        if not ctx.has_labels:
             raise DataError(
-                f"model.kind = 'cvae' needs labels but the {data.name} data has none; "
+                f"model.kind = 'cvae' needs labels but the {ctx.data_name} data has none; "
                 "use a data set with labels (digits, mnist, npz with y)"
             )
-        check_likelihood(spec, data)
-        k = data.num_classes
-        ctx = BuildContext(
-            data_dim=data.dim,
-            latent_dim=self.latent_dim,
-            hidden=self.hidden,
-            activation=self.activation,
-            num_classes=k,
-            image_shape=data.image_shape,
-        )
-        lik = spec.likelihood.build(ctx)
+        ctx.check_data()
+        k = ctx.num_classes
+        parts = ctx.components(self.latent_dim, self.hidden, self.activation)
+        lik = ctx.likelihood.build(parts)
         decoder = MLP(
             self.latent_dim + k,
             tuple(reversed(self.hidden)),
-            data.dim * lik.params_per_dim,
+            ctx.data_dim * lik.params_per_dim,
             self.activation,
         )
-        model = CVAE(spec.prior.build(ctx), decoder, lik, k)
-        guide = CVAEGuide(GaussianLayer(ctx, data.dim + k, self.hidden, self.latent_dim), k)
+        model = CVAE(ctx.prior.build(parts), decoder, lik, k)
+        guide = CVAEGuide(GaussianLayer(parts, ctx.data_dim + k, self.hidden, self.latent_dim), k)
         return model, guide

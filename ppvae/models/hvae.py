@@ -20,22 +20,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.context import BuildContext
 from ppvae.errors import SpecError
-from ppvae.models._common import (
-    GaussianLayer,
-    check_activation,
-    check_likelihood,
-    check_sizes,
-    prior_without_posterior,
-)
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models._common import GaussianLayer, check_activation, check_sizes
+from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
 __all__ = ["HVAE", "HVAEGuide", "HVAEConfig"]
@@ -88,7 +82,8 @@ class HVAEGuide(PyroModule):
 @MODELS.register("hvae")
 @dataclass(frozen=True)
 class HVAEConfig(ModelConfig):
-    """Two stochastic layers; ``[prior]`` is the prior of the top layer ``z2``.
+    """Two stochastic layers; ``[prior]`` is the prior of the top layer ``z2``. The guide
+    is built of Gaussian layers (``[guide]`` is not used).
 
     Attributes:
         latent_dims: sizes of ``z1`` (bottom) and ``z2`` (top).
@@ -96,6 +91,9 @@ class HVAEConfig(ModelConfig):
         hidden2: hidden sizes between ``z1`` and ``z2`` (both directions).
         activation: activation name.
     """
+
+    uses: ClassVar[frozenset[str]] = frozenset({"prior", "likelihood"})
+    guide_form: ClassVar[str] = "q(z1|x) q(z2|z1)"
 
     latent_dims: tuple[int, ...] = (100, 50)
     hidden: tuple[int, ...] = (200, 200)
@@ -112,31 +110,22 @@ class HVAEConfig(ModelConfig):
         check_sizes("model.hidden2", self.hidden2)
         check_activation(self.activation)
 
-    def check_spec(self, spec) -> None:
-        prior_without_posterior(spec, "hvae")
-
-    def build(self, spec, data) -> tuple[HVAE, HVAEGuide]:
-        check_likelihood(spec, data)
+    def build(self, ctx: ModelContext) -> tuple[HVAE, HVAEGuide]:
+        ctx.check_data()
         d1, d2 = self.latent_dims
-        ctx = BuildContext(
-            data_dim=data.dim,
-            latent_dim=d2,
-            hidden=self.hidden2,
-            activation=self.activation,
-            num_classes=data.num_classes,
-            image_shape=data.image_shape,
-        )
-        lik = spec.likelihood.build(ctx)
+        parts = ctx.components(d2, self.hidden2, self.activation)
+        lik = ctx.likelihood.build(parts)
         decoder = MLP(
-            d1, tuple(reversed(self.hidden)), data.dim * lik.params_per_dim, self.activation
+            d1, tuple(reversed(self.hidden)), ctx.data_dim * lik.params_per_dim, self.activation
         )
         model = HVAE(
-            spec.prior.build(ctx),
-            GaussianLayer(ctx, d2, tuple(reversed(self.hidden2)), d1),
+            ctx.prior.build(parts),
+            GaussianLayer(parts, d2, tuple(reversed(self.hidden2)), d1),
             decoder,
             lik,
         )
         guide = HVAEGuide(
-            GaussianLayer(ctx, data.dim, self.hidden, d1), GaussianLayer(ctx, d1, self.hidden2, d2)
+            GaussianLayer(parts, ctx.data_dim, self.hidden, d1),
+            GaussianLayer(parts, d1, self.hidden2, d2),
         )
         return model, guide

@@ -71,10 +71,9 @@ Example:
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyro
 import pyro.distributions as dist
@@ -84,13 +83,13 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppvae.context import BuildContext
-from ppvae.data.bundle import Split
+from ppvae.data.bundle import DataBundle, Split
 from ppvae.data.semisupervised import UNLABELLED, hide_labels, semi_supervised_split
-from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import DataError, SpecError
-from ppvae.models.base import MODELS, ModelConfig
-from ppvae.models.vae import check_components
-from ppvae.nn import MLP, make_activation
+from ppvae.guides import ConditionalEncoder
+from ppvae.models.abilities import AmortizedPosterior, Decodes
+from ppvae.models.base import MODELS, ModelConfig, ModelContext, PretrainedRun
+from ppvae.nn import MLP, broadcast_cat, make_activation
 
 __all__ = [
     "M2",
@@ -112,15 +111,7 @@ _EMPTY = torch.Size()
 # float32 and float64, and 0 * 1e4 = 0 (an infinite logit would give 0 * inf = NaN).
 _OFF = -1e4
 
-# Training splits of the bundles an M2Config built, with their number of classes:
-# inputs(split) gives labels to these only (valid and test get none).
-_TRAIN_SPLITS: weakref.WeakKeyDictionary[Split, int] = weakref.WeakKeyDictionary()
-
-
-def _cat(*tensors: torch.Tensor) -> torch.Tensor:
-    """Concatenate on the last dim after broadcasting the leading dims."""
-    batch = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
-    return torch.cat([t.expand(batch + t.shape[-1:]) for t in tensors], -1)
+_cat = broadcast_cat
 
 
 def _onehot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
@@ -203,59 +194,6 @@ class ClassWeighted(dist.TorchDistribution):
             event = self.base.event_shape
             index = c.reshape(c.shape + (1,) * (1 + len(event))).expand(c.shape + (1,) + event)
             return draws.gather(-1 - len(event), index).squeeze(-1 - len(event))
-
-
-class ConditionalEncoder(nn.Module):
-    r""":math:`q(z | x, y) = N(\mu, \mathrm{diag}\,\sigma^2)` from an MLP on
-    :math:`[x, \mathrm{onehot}(y)]`, returned as
-    :class:`~ppvae.distributions.ReparamDiagonalNormal`.
-
-    The first layer is split into :math:`W_x x + W_y \mathrm{onehot}(y)` so that the
-    :math:`x` part is computed once per point, not once per class: the same network,
-    ``C`` times cheaper in its largest layer. ``forward(x, y_onehot)`` broadcasts the
-    leading dims of both (e.g. ``x`` of shape ``(B, 1, D)`` with ``(C, C)`` one-hots gives
-    ``(B, C)`` distributions; ``(B, D)`` with ``(C, 1, C)`` gives ``(C, B)``).
-    """
-
-    def __init__(
-        self,
-        data_dim: int,
-        num_classes: int,
-        latent_dim: int,
-        hidden: Sequence[int],
-        activation: str = "relu",
-        min_scale: float = 1e-4,
-    ) -> None:
-        super().__init__()
-        hidden = tuple(hidden)
-        first = hidden[0] if hidden else 2 * latent_dim
-        self.latent_dim = latent_dim
-        self.min_scale = min_scale
-        self.x_layer = nn.Linear(data_dim, first)
-        self.y_layer = nn.Linear(num_classes, first, bias=False)
-        self.rest = (
-            nn.Sequential(
-                make_activation(activation), MLP(first, hidden[1:], 2 * latent_dim, activation)
-            )
-            if hidden
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor, y_onehot: torch.Tensor) -> ReparamDiagonalNormal:
-        h = self.x_layer(x) + self.y_layer(y_onehot)
-        loc, raw = self.rest(h).split(self.latent_dim, dim=-1)
-        return ReparamDiagonalNormal(loc, F.softplus(raw) + self.min_scale)
-
-
-class _ConcatEncoder(nn.Module):
-    """Any ``[guide]`` component built for inputs ``[x, onehot(y)]``."""
-
-    def __init__(self, posterior: nn.Module) -> None:
-        super().__init__()
-        self.posterior = posterior
-
-    def forward(self, x: torch.Tensor, y_onehot: torch.Tensor) -> dist.Distribution:
-        return self.posterior(_cat(x, y_onehot))
 
 
 class M1Features(nn.Module):
@@ -497,7 +435,7 @@ def build_m2(
     ``data_dim`` is the size of what M2 models (the M1 latent size when ``m1`` is given);
     ``aux_scale`` the weight :math:`\\alpha'` of :math:`\\log q(y|x)` per labelled point.
     """
-    from ppvae.guides import GUIDES, DiagonalNormalGuide
+    from ppvae.guides import GUIDES
     from ppvae.likelihoods import LIKELIHOODS
     from ppvae.priors import PRIORS
 
@@ -505,7 +443,13 @@ def build_m2(
     prior_cfg = PRIORS.get(prior)() if isinstance(prior, str) else prior
     guide_cfg = GUIDES.get(guide)() if isinstance(guide, str) else guide
     lik_cfg = LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood
-    _check_prior(prior_cfg)
+    if prior_cfg.needs_posterior:
+        raise SpecError(
+            f"prior.kind = {getattr(prior_cfg, 'kind', type(prior_cfg).__name__)!r} is built on "
+            "an amortized guide q(z|x), which M2 "
+            "does not have (its guide is q(z|x,y)); use a prior such as "
+            '"standard_normal", "mixture" or "flow"'
+        )
     ctx = BuildContext(
         data_dim=data_dim,
         latent_dim=latent_dim,
@@ -515,19 +459,7 @@ def build_m2(
     )
     lik = lik_cfg.build(ctx)
     classifier = MLP(data_dim, hidden, num_classes, activation)
-    if isinstance(guide_cfg, DiagonalNormalGuide):
-        encoder: nn.Module = ConditionalEncoder(
-            data_dim, num_classes, latent_dim, hidden, activation, guide_cfg.min_scale
-        )
-    else:
-        concat = BuildContext(
-            data_dim=data_dim + num_classes,
-            latent_dim=latent_dim,
-            hidden=hidden,
-            activation=activation,
-            num_classes=num_classes,
-        )
-        encoder = _ConcatEncoder(guide_cfg.build(concat))
+    encoder = guide_cfg.build_conditional(ctx, num_classes)
     decoder = MLP(
         latent_dim + num_classes, tuple(reversed(hidden)), data_dim * lik.params_per_dim, activation
     )
@@ -536,19 +468,6 @@ def build_m2(
         prior_cfg.build(ctx), decoder, lik, classifier, num_classes, sum_y, aux_scale, features
     )
     return model, M2Guide(classifier, encoder, num_classes, sum_y, features)
-
-
-def _check_prior(prior_cfg) -> None:
-    if getattr(prior_cfg, "needs_posterior", False):
-        raise SpecError(
-            f"prior.kind = {getattr(prior_cfg, 'kind', type(prior_cfg).__name__)!r} is built on "
-            "a guide q(z|x), which M2 does not have (its guide is q(z|x,y)); use a prior such as "
-            '"standard_normal", "mixture" or "flow"'
-        )
-
-
-# data kinds known to hold no labels (checked at parse time; others are checked on load)
-_UNLABELLED_KINDS = {"binarized_mnist"}
 
 
 @MODELS.register("m2")
@@ -579,11 +498,14 @@ class M2Config(ModelConfig):
             num_labels)`` so that :math:`\alpha` keeps its meaning; the labelled points'
             ELBO terms count :math:`r` times.
 
-    :meth:`inputs` gives the training split its labels on the labelled subset and ``-1``
-    elsewhere, and every other split ``-1`` everywhere: the validation ELBO (which picks
-    ``best.pt``) is the unsupervised bound and uses no labels; accuracy is measured apart
-    (:mod:`ppvae.semisupervised`).
+    :meth:`train_inputs` gives the training split its labels on the labelled subset and
+    ``-1`` elsewhere; :meth:`inputs` gives any split ``-1`` everywhere: the validation ELBO
+    (which picks ``best.pt``) and ``ppvae evaluate`` are the unsupervised bound and use no
+    labels; accuracy is measured apart (:mod:`ppvae.semisupervised`).
     """
+
+    needs_labels: ClassVar[bool] = True
+    guide_form: ClassVar[str] = "q(z|x,y)"
 
     latent_dim: int = 50
     hidden: tuple[int, ...] = (500,)
@@ -614,110 +536,102 @@ class M2Config(ModelConfig):
         if self.labelled_repeat < 1:
             raise SpecError(f"model.labelled_repeat must be at least 1, got {self.labelled_repeat}")
 
+    @property
+    def needs_enumeration(self) -> str:
+        if self.sum_y != "enumerate":
+            return ""
+        return 'model.sum_y = "enumerate"'
+
     def check_spec(self, spec) -> None:
-        """Refuse data without labels and objectives that cannot sum ``y`` as asked."""
-        if spec.data.kind in _UNLABELLED_KINDS:
+        """M1+M2 feeds real-valued features to the likelihood: it must model real values."""
+        if self.m1_run and spec.likelihood.support != "real":
             raise SpecError(
-                f"model.kind = 'm2' needs labelled data but data.kind = {spec.data.kind!r} has no "
-                "labels; use digits, mnist or npz with labels"
-            )
-        if self.sum_y == "enumerate" and spec.objective.kind != "enum_elbo":
-            raise SpecError(
-                f'model.sum_y = "enumerate" needs objective.kind = "enum_elbo", not '
-                f'{spec.objective.kind!r}; set objective.kind = "enum_elbo" or model.sum_y = "explicit"'
-            )
-        _check_prior(spec.prior)
-        check_components(spec.prior, spec.guide, spec.objective)
-        if self.m1_run and spec.likelihood.kind != "gaussian":
-            raise SpecError(
-                f"model.m1_run feeds real-valued VAE means to M2, which needs "
-                f'likelihood.kind = "gaussian", not {spec.likelihood.kind!r}'
+                f"model.m1_run feeds real-valued VAE means to M2, which needs a likelihood of "
+                f'real values such as likelihood.kind = "gaussian", not {spec.likelihood.kind!r} '
+                f"(support {spec.likelihood.support!r})"
             )
 
-    def label_mask(self, split: Split, num_classes: int | None = None) -> torch.Tensor:
+    def pretrained_runs(self) -> dict[str, str]:
+        """The M1 run (``m1_run``), when given."""
+        return {"m1": self.m1_run} if self.m1_run else {}
+
+    def label_mask(self, split: Split, num_classes: int) -> torch.Tensor:
         """The labelled subset of a training split (``num_labels``, ``label_seed``)."""
-        if num_classes is None:
-            num_classes = _TRAIN_SPLITS.get(split)
-        if num_classes is None:
-            num_classes = int(split.y.max()) + 1 if split.y is not None and len(split) else 0
         return semi_supervised_split(split.y, self.num_labels, num_classes, self.label_seed)
 
-    def inputs(self, split: Split, *, train: bool | None = None) -> tuple[torch.Tensor, ...]:
-        """``(x, y)`` with ``y = -1`` on unlabelled points: the labelled subset keeps its
-        labels on a training split (``train=None``: the training split of a bundle this
-        config built), no point does on any other split."""
-        if train is None:
-            train = split in _TRAIN_SPLITS
-        if not train:
-            return split.x, torch.full((len(split),), UNLABELLED, dtype=torch.long)
-        mask = self.label_mask(split)
+    def inputs(self, split: Split) -> tuple[torch.Tensor, ...]:
+        """``(x, y)`` with every label hidden (``y = -1``): the inputs of an evaluation."""
+        return split.x, torch.full((len(split),), UNLABELLED, dtype=torch.long)
+
+    def train_inputs(self, data: DataBundle) -> tuple[torch.Tensor, ...]:
+        """``(x, y)`` of the training split with ``y = -1`` on unlabelled points: the
+        labelled subset keeps its labels and is repeated ``labelled_repeat`` times."""
+        split = data.train
+        if split.y is None or not data.num_classes:
+            raise DataError(
+                f"model.kind = 'm2' needs labelled data but the {data.name} training data has no "
+                "labels; use a data set with labels"
+            )
+        mask = self.label_mask(split, data.num_classes)
         x, y = split.x, hide_labels(split.y, mask)
         if self.labelled_repeat > 1:  # the labelled points again, r - 1 more times
             index = mask.nonzero().squeeze(-1).repeat(self.labelled_repeat - 1)
             x, y = torch.cat([x, split.x[index]]), torch.cat([y, split.y[index].long()])
         return x, y
 
-    def build(self, spec, data) -> tuple[M2, M2Guide]:
-        if data.num_classes is None or data.train.y is None:
+    def build(self, ctx: ModelContext) -> tuple[M2, M2Guide]:
+        if not ctx.has_labels:
             raise DataError(
-                f"model.kind = 'm2' needs labelled data but the {data.name} training data has no "
-                "labels; use a data set with labels"
+                f"model.kind = 'm2' needs labelled data but the {ctx.data_name} training data has "
+                "no labels; use a data set with labels"
             )
-        mask = self.label_mask(data.train, data.num_classes)
-        _TRAIN_SPLITS[data.train] = data.num_classes
-        m1 = _load_m1(self.m1_run, data) if self.m1_run else None
-        x = data.train.x[:512]
+        mask = self.label_mask(ctx.train, ctx.num_classes)
+        m1 = _m1_features(ctx.pretrained["m1"], ctx) if self.m1_run else None
+        x = ctx.train.x[:512]
         if m1 is not None:
             x = m1.encode(x)
-        spec.likelihood.check_data(
-            x,
-            binarized=data.binarize != "none" and m1 is None,
-            where=f"the {data.name} training data" + (" (M1 features)" if m1 else ""),
-        )
-        aux_scale = self.aux_weight * len(data.train) / (int(mask.sum()) * self.labelled_repeat)
+            ctx.check_data(x, features="M1 features")
+        else:
+            ctx.check_data(x)
+        aux_scale = self.aux_weight * len(ctx.train) / (int(mask.sum()) * self.labelled_repeat)
         return build_m2(
             x.shape[-1],
-            data.num_classes,
+            ctx.num_classes,
             self.latent_dim,
             self.hidden,
             self.activation,
-            prior=spec.prior,
-            guide=spec.guide,
-            likelihood=spec.likelihood,
+            prior=ctx.prior,
+            guide=ctx.guide,
+            likelihood=ctx.likelihood,
             sum_y=self.sum_y,
             aux_scale=aux_scale,
             m1=m1,
         )
 
 
-def _load_m1(path: str, data) -> M1Features:
-    """The frozen encoder and decoder of the ``vae`` run in ``path``."""
-    from ppvae.run import load_run
-
-    state = pyro.util.get_rng_state()
-    try:
-        run = load_run(path)
-    finally:
-        pyro.util.set_rng_state(state)  # building the VAE re-seeded: the M2 weights must not see it
+def _m1_features(run: PretrainedRun, ctx: ModelContext) -> M1Features:
+    """The frozen encoder and decoder of a trained VAE run (Kingma et al.'s M1)."""
     model, guide = run.model, run.guide
-    if not all(
-        hasattr(m, a) for m, a in ((model, "decoder"), (model, "likelihood"), (guide, "posterior"))
+    if not (
+        isinstance(model, Decodes)
+        and isinstance(guide, AmortizedPosterior)
+        and isinstance(guide.posterior, nn.Module)  # q(z|x) alone, weights in the checkpoint
     ):
         raise SpecError(
-            f"model.m1_run = {path!r} holds a {run.spec.model.kind!r} run; M1+M2 needs a run of "
-            "model kind 'vae'"
+            f"model.m1_run = {run.path!r} holds a {run.model_kind!r} run; M1+M2 needs a run of "
+            "a model with one decoder and an amortized guide q(z|x), such as model kind 'vae'"
         )
-    if run.data.dim != data.dim:
+    if run.data_dim != ctx.data_dim:
         raise SpecError(
-            f"model.m1_run = {path!r} was trained on data of {run.data.dim} features but this "
-            f"spec's data have {data.dim}; train the VAE on the same data"
+            f"model.m1_run = {run.path!r} was trained on data of {run.data_dim} features but this "
+            f"spec's data have {ctx.data_dim}; train the VAE on the same data"
         )
     m1 = M1Features(guide.posterior, model.decoder, model.likelihood).cpu()
     try:
-        m1.encode(data.train.x[:2])
+        m1.encode(ctx.train.x[:2])
     except NotImplementedError:
         raise SpecError(
-            f"model.m1_run = {path!r} has a guide of kind {run.spec.guide.kind!r} whose mean is "
+            f"model.m1_run = {run.path!r} has a guide of kind {run.guide_kind!r} whose mean is "
             'unknown; M1+M2 needs a guide with a mean such as "diagonal_normal"'
         ) from None
     return m1

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -32,10 +33,9 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.context import BuildContext
 from ppvae.errors import SpecError
-from ppvae.models._common import GaussianLayer, check_activation, check_likelihood, check_sizes
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models._common import GaussianLayer, check_activation, check_sizes
+from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
 __all__ = ["MixtureModel", "MixtureGuide", "MixtureConfig"]
@@ -127,7 +127,9 @@ class MixtureGuide(PyroModule):
 @MODELS.register("mixture")
 @dataclass(frozen=True)
 class MixtureConfig(ModelConfig):
-    """A discrete class with (``latent_dim > 0``) or without a continuous latent.
+    """A discrete class with (``latent_dim > 0``) or without a continuous latent; the
+    class-conditional prior :math:`p(z | c)` and the Gaussian guide are its own (``[prior]``
+    and ``[guide]`` are not used), and the class is summed out by an enumerating objective.
 
     Attributes:
         num_components: number of classes :math:`C`.
@@ -135,6 +137,8 @@ class MixtureConfig(ModelConfig):
         hidden: encoder/decoder hidden sizes (with ``latent_dim > 0``).
         activation: activation name.
     """
+
+    uses: ClassVar[frozenset[str]] = frozenset({"likelihood"})
 
     num_components: int = 10
     latent_dim: int = 10
@@ -149,36 +153,21 @@ class MixtureConfig(ModelConfig):
         check_sizes("model.hidden", self.hidden)
         check_activation(self.activation)
 
-    def check_spec(self, spec) -> None:
-        if spec.objective.kind != "enum_elbo":
-            raise SpecError(
-                f"model.kind = 'mixture' sums its class out by enumeration and needs "
-                f"objective.kind = 'enum_elbo', not {spec.objective.kind!r}"
-            )
-        if spec.prior.kind != "standard_normal":
-            raise SpecError(
-                "model.kind = 'mixture' has its own class-conditional prior p(z | c); "
-                f"leave prior.kind = 'standard_normal', not {spec.prior.kind!r}"
-            )
+    @property
+    def needs_enumeration(self) -> str:
+        return "model.kind = 'mixture', whose class is summed out by enumeration,"
 
-    def build(self, spec, data) -> tuple[MixtureModel, MixtureGuide]:
-        check_likelihood(spec, data)
-        ctx = BuildContext(
-            data_dim=data.dim,
-            latent_dim=max(self.latent_dim, 1),
-            hidden=self.hidden,
-            activation=self.activation,
-            num_classes=data.num_classes,
-            image_shape=data.image_shape,
-        )
-        lik = spec.likelihood.build(ctx)
+    def build(self, ctx: ModelContext) -> tuple[MixtureModel, MixtureGuide]:
+        ctx.check_data()
+        parts = ctx.components(max(self.latent_dim, 1), self.hidden, self.activation)
+        lik = ctx.likelihood.build(parts)
         if self.latent_dim == 0:
-            return MixtureModel(self.num_components, 0, None, lik, data.dim), MixtureGuide(None)
+            return MixtureModel(self.num_components, 0, None, lik, ctx.data_dim), MixtureGuide(None)
         decoder = MLP(
             self.latent_dim,
             tuple(reversed(self.hidden)),
-            data.dim * lik.params_per_dim,
+            ctx.data_dim * lik.params_per_dim,
             self.activation,
         )
-        model = MixtureModel(self.num_components, self.latent_dim, decoder, lik, data.dim)
-        return model, MixtureGuide(GaussianLayer(ctx, data.dim, self.hidden, self.latent_dim))
+        model = MixtureModel(self.num_components, self.latent_dim, decoder, lik, ctx.data_dim)
+        return model, MixtureGuide(GaussianLayer(parts, ctx.data_dim, self.hidden, self.latent_dim))

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -30,9 +31,10 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppvae.context import BuildContext
+from ppvae.data import Split
 from ppvae.errors import DataError
-from ppvae.models._common import check_activation, check_likelihood, check_sizes
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models._common import check_activation, check_sizes
+from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
 __all__ = ["FactorizedDensity", "Classifier", "EmptyGuide", "DensityConfig", "ClassifierConfig"]
@@ -84,18 +86,25 @@ class Classifier(PyroModule):
 @MODELS.register("density")
 @dataclass(frozen=True)
 class DensityConfig(ModelConfig):
-    """A factorized density of the ``[likelihood]`` kind, one parameter set per feature."""
+    """A factorized density of the ``[likelihood]`` kind, one parameter set per feature
+    (no latent: ``[prior]`` and ``[guide]`` are not used)."""
 
-    def build(self, spec, data) -> tuple[FactorizedDensity, EmptyGuide]:
-        check_likelihood(spec, data)
-        ctx = BuildContext(data_dim=data.dim, latent_dim=1, image_shape=data.image_shape)
-        return FactorizedDensity(spec.likelihood.build(ctx), data.dim), EmptyGuide()
+    uses: ClassVar[frozenset[str]] = frozenset({"likelihood"})
+
+    def build(self, ctx: ModelContext) -> tuple[FactorizedDensity, EmptyGuide]:
+        ctx.check_data()
+        parts = BuildContext(data_dim=ctx.data_dim, latent_dim=1, image_shape=ctx.image_shape)
+        return FactorizedDensity(ctx.likelihood.build(parts), ctx.data_dim), EmptyGuide()
 
 
 @MODELS.register("classifier")
 @dataclass(frozen=True)
 class ClassifierConfig(ModelConfig):
-    """An MLP classifier :math:`p(y|x)` (needs labelled data)."""
+    """An MLP classifier :math:`p(y|x)` (needs labelled data; no latent and a categorical
+    likelihood of its own: ``[prior]``, ``[guide]`` and ``[likelihood]`` are not used)."""
+
+    uses: ClassVar[frozenset[str]] = frozenset()
+    needs_labels: ClassVar[bool] = True
 
     hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
@@ -104,14 +113,14 @@ class ClassifierConfig(ModelConfig):
         check_sizes("model.hidden", self.hidden)
         check_activation(self.activation)
 
-    def inputs(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         return split.x, split.y
 
-    def build(self, spec, data) -> tuple[Classifier, EmptyGuide]:
-        if data.train.y is None or not data.num_classes:
+    def build(self, ctx: ModelContext) -> tuple[Classifier, EmptyGuide]:
+        if not ctx.has_labels:
             raise DataError(
-                f"model.kind = 'classifier' needs labels but the {data.name} data has none; "
+                f"model.kind = 'classifier' needs labels but the {ctx.data_name} data has none; "
                 "use a data set with labels (digits, mnist, npz with y)"
             )
-        net = MLP(data.dim, self.hidden, data.num_classes, self.activation)
-        return Classifier(net, data.num_classes), EmptyGuide()
+        net = MLP(ctx.data_dim, self.hidden, ctx.num_classes, self.activation)
+        return Classifier(net, ctx.num_classes), EmptyGuide()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from ppvae.context import BuildContext
 from ppvae.errors import SpecError
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
 __all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae", "check_components"]
@@ -107,7 +108,7 @@ def build_vae(
     decoder = MLP(
         latent_dim, tuple(reversed(ctx.hidden)), data_dim * lik.params_per_dim, activation
     )
-    if getattr(prior_cfg, "needs_posterior", False):  # e.g. the VampPrior: shared weights
+    if prior_cfg.needs_posterior:  # e.g. the VampPrior: shared weights
         posterior = guide_cfg.build(ctx)
         prior_module = prior_cfg.build(ctx, posterior=posterior)
     else:
@@ -120,34 +121,26 @@ def _kind(cfg) -> str:
     return getattr(cfg, "kind", type(cfg).__name__)
 
 
-def check_components(prior, guide, objective=None) -> None:
-    """Refuse prior/guide/objective configs that cannot work together (a :class:`SpecError`).
+def check_components(prior, guide) -> None:
+    """Refuse prior/guide configs that cannot work together (a :class:`SpecError`).
 
     A prior built on the guide's posterior (``needs_posterior``, the VampPrior) needs an
-    amortized guide whose density can be evaluated at any ``z``; the ``stl`` and ``dreg``
-    estimators re-evaluate the guide's density at detached samples, which planar and
-    radial flows cannot.
+    amortized guide (``amortized``) whose density can be evaluated at any ``z``
+    (``log_prob_anywhere``).
     """
-    if getattr(prior, "needs_posterior", False):
-        if not getattr(guide, "amortized", True):
+    if prior.needs_posterior:
+        if not guide.amortized:
             raise SpecError(
                 f"prior.kind = {_kind(prior)!r} is built on the guide's posterior network and "
                 f"needs an amortized guide, but guide.kind = {_kind(guide)!r} is not amortized; "
                 'use an amortized guide such as "diagonal_normal"'
             )
-        if not getattr(guide, "log_prob_anywhere", True):
+        if not guide.log_prob_anywhere:
             raise SpecError(
                 f"prior.kind = {_kind(prior)!r} evaluates the guide's density at any z, which "
                 f"guide.kind = {_kind(guide)!r} cannot (it has no inverse); use "
                 '"diagonal_normal", "full_normal", "iaf" or "spline"'
             )
-    estimator = getattr(objective, "estimator", "reparam")
-    if estimator in ("stl", "dreg") and not getattr(guide, "log_prob_anywhere", True):
-        raise SpecError(
-            f"objective.estimator = {estimator!r} re-evaluates the guide's density at detached "
-            f"samples, which guide.kind = {_kind(guide)!r} cannot (it has no inverse); use "
-            'objective.estimator = "reparam" or another guide'
-        )
 
 
 def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> None:
@@ -162,6 +155,8 @@ def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> None:
 class VAEConfig(ModelConfig):
     """A VAE with MLP encoder and decoder of the given hidden sizes."""
 
+    offers_posterior: ClassVar[bool] = True
+
     latent_dim: int = 10
     hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
@@ -173,27 +168,17 @@ class VAEConfig(ModelConfig):
         make_activation(self.activation)
 
     def check_spec(self, spec) -> None:
-        """Refuse prior/guide/objective combinations that cannot work together."""
-        check_components(spec.prior, spec.guide, spec.objective)
+        """Refuse prior/guide combinations that cannot work together."""
+        check_components(spec.prior, spec.guide)
 
-    def build(self, spec, data) -> tuple[VAE, VAEGuide]:
-        spec.likelihood.check_data(
-            data.train.x, binarized=data.binarize != "none", where=f"the {data.name} training data"
-        )
-        ctx = BuildContext(
-            data_dim=data.dim,
-            latent_dim=self.latent_dim,
-            hidden=self.hidden,
-            activation=self.activation,
-            num_classes=data.num_classes,
-            image_shape=data.image_shape,
-        )
+    def build(self, ctx: ModelContext) -> tuple[VAE, VAEGuide]:
+        ctx.check_data()
         return build_vae(
             ctx.data_dim,
-            ctx.latent_dim,
-            ctx.hidden,
-            ctx.activation,
-            prior=spec.prior,
-            guide=spec.guide,
-            likelihood=spec.likelihood,
+            self.latent_dim,
+            self.hidden,
+            self.activation,
+            prior=ctx.prior,
+            guide=ctx.guide,
+            likelihood=ctx.likelihood,
         )

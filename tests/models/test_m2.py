@@ -167,7 +167,10 @@ def _one_sentence(err: Exception) -> str:
             {**_spec(sum_y="explicit"), "data": {"kind": "binarized_mnist"}},
             "has no labels",
         ),
-        ({**_spec(sum_y="explicit"), "prior": {"kind": "vamp"}}, "M2 does not have"),
+        (
+            {**_spec(sum_y="explicit"), "prior": {"kind": "vamp"}},
+            "model.kind = 'm2' does not have (its guide is q(z|x,y))",
+        ),
         ({**_spec(sum_y="explicit", m1_run="runs/x")}, 'likelihood.kind = "gaussian"'),
         (_spec(sum_y="explicit", num_labels=0), "num_labels must be at least 1"),
         (_spec(sum_y="both"), "model.sum_y must be one of"),
@@ -188,7 +191,7 @@ def test_explicit_sum_works_with_plain_objectives():
 
 
 def test_inputs_label_the_training_subset_only_and_scale_the_classification_term():
-    from ppvae.run import build, model_inputs
+    from ppvae.run import build, model_inputs, train_inputs
 
     spec = parse_spec(
         {
@@ -198,19 +201,19 @@ def test_inputs_label_the_training_subset_only_and_scale_the_classification_term
         }
     )
     data, model, guide = build(spec)
-    x, y = model_inputs(spec, data.train)
+    x, y = train_inputs(spec, data)
     assert torch.equal(x, data.train.x)
     labelled = y >= 0
     assert int(labelled.sum()) == 23
     assert torch.equal(y[labelled], data.train.y[labelled])
-    for split in (data.valid, data.test):
+    for split in (data.train, data.valid, data.test):  # evaluation inputs: no labels
         assert bool((model_inputs(spec, split)[1] == -1).all())
     assert model.aux_scale == pytest.approx(0.2 * len(data.train) / 23)
     assert MODELS.get("m2") is M2Config
 
 
 def test_labelled_repeat_visits_the_labelled_points_r_times_and_keeps_alpha():
-    from ppvae.run import build, model_inputs
+    from ppvae.run import build, model_inputs, train_inputs
 
     raw = {
         **_spec(num_labels=20, label_seed=3, aux_weight=0.1),
@@ -218,10 +221,10 @@ def test_labelled_repeat_visits_the_labelled_points_r_times_and_keeps_alpha():
         "objective": {"kind": "enum_elbo"},
     }
     data, once, _ = build(parse_spec(raw))
-    x1, y1 = model_inputs(parse_spec(raw), data.train)
+    x1, y1 = train_inputs(parse_spec(raw), data)
     spec = parse_spec({**raw, "model": {**raw["model"], "labelled_repeat": 4}})
     data, model, _ = build(spec)
-    x, y = model_inputs(spec, data.train)
+    x, y = train_inputs(spec, data)
     n = len(data.train)
     assert x.shape == (n + 3 * 20, x1.shape[1]) and y.shape == (n + 3 * 20,)
     assert torch.equal(x[:n], x1) and torch.equal(y[:n], y1)  # the split itself, unchanged

@@ -25,6 +25,7 @@ from ppvae.likelihoods import LIKELIHOODS
 from ppvae.models import MODELS
 from ppvae.models.vae import VAE, VAEConfig, VAEGuide, build_vae
 from ppvae.priors import PRIORS
+from ppvae.run import model_context
 from ppvae.spec import parse_spec
 
 with contextlib.suppress(ImportError):  # registers iwae, renyi, pyro_renyi where present
@@ -241,7 +242,9 @@ def _bundle(x):
 def test_vae_config_builds_from_spec_and_data():
     assert MODELS.get("vae") is VAEConfig
     spec = parse_spec({"model": {"latent_dim": 3, "hidden": [7, 5]}})
-    model, guide = spec.model.build(spec, _bundle(torch.bernoulli(torch.full((10, 6), 0.5))))
+    model, guide = spec.model.build(
+        model_context(spec, _bundle(torch.bernoulli(torch.full((10, 6), 0.5))))
+    )
     assert isinstance(model, VAE) and isinstance(guide, VAEGuide)
     assert model.decoder[0].in_features == 3 and model.decoder[-1].out_features == 6
     assert guide.posterior.net[0].in_features == 6 and guide.posterior.net[-1].out_features == 6
@@ -250,7 +253,7 @@ def test_vae_config_builds_from_spec_and_data():
 def test_vae_config_checks_the_data_against_the_likelihood():
     spec = parse_spec({"likelihood": {"kind": "bernoulli"}})
     with pytest.raises(DataError, match="binarize") as err:
-        spec.model.build(spec, _bundle(torch.rand(10, 6)))
+        spec.model.build(model_context(spec, _bundle(torch.rand(10, 6))))
     assert "\n" not in str(err.value)
     assert "toy" in str(err.value)
 
