@@ -17,9 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,23 +34,42 @@ import torch
 
 from ppvae.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_train_state",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, flush, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, flush, fsync, rename).
+
+    A full disk or a folder that cannot be written is a :class:`CheckpointError` naming
+    the file; the previous checkpoint is left as it was. A link at ``path`` is replaced,
+    never followed, and a linked folder is refused.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.parent.is_symlink():
+        raise CheckpointError(
+            f"checkpoint folder {str(path.parent)!r} is a symbolic link; ppvae never follows "
+            "links inside a run folder"
+        )
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        _discard(tmp)
+        raise CheckpointError(_write_failure(path, err)) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -57,25 +81,138 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         pass
 
 
+def _discard(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _write_failure(path: Path, err: Exception) -> str:
+    """One sentence for a failed checkpoint write (torch's writer hides the errno of a
+    full disk behind a RuntimeError, so the free space is looked at)."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        try:
+            st = os.statvfs(path.parent)
+            if st.f_bavail * st.f_frsize < (1 << 20):
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    if code is None and isinstance(err, RuntimeError) and not os.access(path.parent, os.W_OK):
+        code = errno.EACCES
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full; free some space (the previous checkpoint is kept)"
+    elif code == errno.EROFS:
+        why = "the file system is read-only; copy the run to a writable folder"
+    elif code in (errno.EACCES, errno.EPERM):
+        why = "the folder is not writable; check its permissions"
+    elif isinstance(err, OSError):
+        why = (err.strerror or err.__class__.__name__).rstrip(".").lower()
+    else:
+        first = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
+        why = f"the write failed ({first})"
+    return f"cannot write checkpoint {str(path)!r}: {why}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
-    A missing, truncated or corrupted file is a :class:`CheckpointError` naming it.
+    A missing, linked, truncated or corrupted file, or one holding Python objects other
+    than tensors and plain values, is a :class:`CheckpointError` naming it.
     """
     path = Path(path)
+    if path.is_symlink():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a symbolic link; ppvae never follows links inside a "
+            "run folder"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     _check_crc(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        reason = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(_refused(path, err)) from None
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EIO):  # torch's, for damage
+            raise CheckpointError(_corrupt(path, err)) from None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupted and cannot be loaded ({reason})"
+            f"checkpoint {str(path)!r} cannot be read: "
+            f"{(err.strerror or err.__class__.__name__).rstrip('.').lower()}"
         ) from None
+    except Exception as err:  # torch raises many types for damaged files
+        raise CheckpointError(_corrupt(path, err)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a ppvae training state")
     return state
+
+
+def _refused(path: Path, err: Exception) -> str:
+    """Say what a file the weights-only loader refused is: a checkpoint holding Python
+    objects, a plain pickle, or damaged bytes."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"checkpoint {str(path)!r} holds a Python object ({found.group(1)}) besides tensors "
+            "and plain values; such a file could run code when loaded, so ppvae refuses it"
+        )
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        head = f.read(2)
+        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+            return (
+                f"checkpoint {str(path)!r} is a plain Python pickle, not a checkpoint written by "
+                "ppvae; such a file could run code when loaded, so ppvae refuses it"
+            )
+    return _corrupt(path, err)
+
+
+def _corrupt(path: Path, err: Exception) -> str:
+    reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+    if len(reason) > 120:  # whole words only
+        reason = reason[:120].rsplit(" ", 1)[0] + " ..."
+    return f"checkpoint {str(path)!r} is truncated or corrupted and cannot be loaded ({reason})"
+
+
+#: What a training state must hold for :func:`check_train_state`: key -> (types, what).
+_STATE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": (dict,), "guide": (dict,), "optimizer": (dict,), "rng": (dict,),
+    "shuffle_generator": (torch.Tensor,), "epoch": (int,), "step": (int,),
+    "kl_weight": (int, float), "best_value": (int, float), "best_epoch": (int,),
+    "history": (list,),
+}  # fmt: skip
+_TYPE_NAMES = {dict: "a dictionary", torch.Tensor: "a tensor", int: "an integer",
+               float: "a number", list: "a list"}  # fmt: skip
+
+
+def check_train_state(state: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose training state is incomplete or has values of the wrong
+    type (before any of it is loaded into a model, an optimizer or a generator)."""
+    where = f"checkpoint {str(path)!r}"
+    for key, types in _STATE_KEYS.items():
+        if key not in state:
+            raise CheckpointError(f"{where} is damaged: it has no {key!r} entry")
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CheckpointError(
+                f"{where} is damaged: its {key!r} entry should be {_TYPE_NAMES[types[0]]}, "
+                f"not {type(value).__name__}"
+            )
+    for key in ("epoch", "step", "best_epoch"):
+        if state[key] < 0:
+            raise CheckpointError(f"{where} is damaged: its {key!r} entry is negative")
+    if not all(isinstance(r, dict) and "epoch" in r for r in state["history"]):
+        raise CheckpointError(f"{where} is damaged: its history holds entries that are not epochs")
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(
+        optimizer.get("param_groups"), list
+    ):
+        raise CheckpointError(f"{where} is damaged: its optimizer state is incomplete")
+    for key in ("python", "python_version", "numpy", "numpy_pos", "numpy_gauss", "torch"):
+        if key not in state["rng"]:
+            raise CheckpointError(f"{where} is damaged: its random generator states are incomplete")
 
 
 def _check_crc(path: Path) -> None:
@@ -96,10 +233,7 @@ def _check_crc(path: Path) -> None:
                     while f.read(1 << 22):
                         pass
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupted and cannot be loaded ({reason})"
-        ) from None
+        raise CheckpointError(_corrupt(path, err)) from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -16,6 +16,7 @@ __all__ = [
     "RunDirError",
     "TrainingError",
     "PpvaeWarning",
+    "SpecChangedError",
 ]
 
 
@@ -45,3 +46,7 @@ class TrainingError(PpvaeError):
 
 class PpvaeWarning(UserWarning):
     """Warnings issued by ppvae itself (turned into errors in the test suite)."""
+
+
+class SpecChangedError(CheckpointError):
+    """A run folder's ``spec.toml`` differs from the spec its checkpoint was trained with."""

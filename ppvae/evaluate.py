@@ -12,8 +12,10 @@ and the PSIS :math:`\hat k`, and writes into ``RUN/evaluation/``:
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,13 @@ from ppvae.infer.diagnostics import khat_threshold, plot_khat
 from ppvae.infer.importance import log_marginal_likelihood
 from ppvae.infer.isolation import isolated_param_store
 from ppvae.run import Run, model_inputs
+from ppvae.rundir import (
+    atomic_target,
+    check_no_links,
+    write_bytes_atomic,
+    write_text_atomic,
+    writing,
+)
 
 __all__ = ["evaluate_run", "summarize"]
 
@@ -68,6 +77,18 @@ def summarize(result, split: str) -> dict[str, Any]:
     }
 
 
+def _writable_folder(folder) -> None:
+    from ppvae.errors import RunDirError
+
+    with writing(folder, "write the evaluation into"):
+        folder.mkdir(exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise RunDirError(
+                f"cannot write the evaluation into {str(folder)!r}: the folder is not writable; "
+                "copy the run to a writable folder"
+            )
+
+
 def evaluate_run(
     run: Run,
     *,
@@ -88,6 +109,7 @@ def evaluate_run(
         raise SpecError(
             f"--num-samples and --batch-size must be at least 1, got {num_samples} and {batch_size}"
         )
+    _writable_folder(run.path / "evaluation")  # before the work, not after it
     data = model_inputs(run.spec, run.data.split(split))
     with isolated_param_store():
         result = log_marginal_likelihood(
@@ -101,16 +123,19 @@ def evaluate_run(
         )
     summary = summarize(result, split)
     folder = run.path / "evaluation"
-    folder.mkdir(exist_ok=True)
     stem = f"{split}-K{num_samples}"
-    np.savez(
-        folder / f"{stem}.npz",
-        **{k: getattr(result, k).numpy() for k in ("log_px", "elbo", "stderr", "ess", "khat")},
-    )
-    plot_khat(
-        result.khat, folder / f"{stem}-khat.png", title=f"{run.path.name}: {split}, K={num_samples}"
-    )
     summary["per_point_file"] = str(folder / f"{stem}.npz")
     summary["khat_plot"] = str(folder / f"{stem}-khat.png")
-    (folder / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    check_no_links(run.path)  # nothing written here may follow a link out of the run
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        **{k: getattr(result, k).numpy() for k in ("log_px", "elbo", "stderr", "ess", "khat")},
+    )
+    write_bytes_atomic(folder / f"{stem}.npz", buf.getvalue())
+    # the folder name goes into a matplotlib title: '$' would start mathtext
+    title = f"{run.path.name}: {split}, K={num_samples}".replace("$", r"\$")
+    with atomic_target(folder / f"{stem}-khat.png") as tmp:
+        plot_khat(result.khat, tmp, title=title)
+    write_text_atomic(folder / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_curves", "save_image_grid", "save_reconstructions", "image_grid"]
+from ppvae.rundir import write_bytes_atomic  # noqa: E402
+
+__all__ = [
+    "plot_curves",
+    "save_image_grid",
+    "save_reconstructions",
+    "image_grid",
+    "image_grid_png",
+]
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -41,8 +50,10 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8) -> np.ndarray:
@@ -62,11 +73,19 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8)
 def save_image_grid(
     images: torch.Tensor, image_shape: Sequence[int], path: str | Path, ncols: int = 8
 ) -> None:
-    """Save a grid of images (values in [0, 1]) as a PNG, scaled up for viewing."""
+    """Save a grid of images (values in [0, 1]) as a PNG, scaled up for viewing (written
+    atomically: a link at ``path`` is replaced, never followed)."""
+    write_bytes_atomic(path, image_grid_png(images, image_shape, ncols))
+
+
+def image_grid_png(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8) -> bytes:
+    """The PNG bytes of :func:`save_image_grid`."""
     grid = image_grid(images, image_shape, ncols)
     scale = max(1, 512 // max(grid.shape))
     big = np.kron(grid, np.ones((scale, scale), dtype=np.float32))
-    plt.imsave(path, big, cmap="gray", vmin=0.0, vmax=1.0)
+    buf = io.BytesIO()
+    plt.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return buf.getvalue()
 
 
 def save_reconstructions(

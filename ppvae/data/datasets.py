@@ -132,6 +132,11 @@ class DataConfig(abc.ABC):
                 raise SpecError(f"data.{key} must be in (0, 1), got {value!r}")
         if self.limit < 0:
             raise SpecError(f"data.limit must be 0 (all) or a positive count, got {self.limit}")
+        for key in ("split_seed", "binarize_seed"):
+            if getattr(self, key) < 0:  # NumPy's SeedSequence takes any size, not a sign
+                raise SpecError(
+                    f"data.{key} must be a non-negative integer, got {getattr(self, key)}"
+                )
 
     @property
     def name(self) -> str:
