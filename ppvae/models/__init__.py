@@ -4,9 +4,13 @@
 ``mixture`` (a discrete class summed out by enumeration), ``density`` and ``classifier``
 (fully observed, maximum likelihood).
 ``m2`` is semi-supervised classification (Kingma et al. 2014) on partially labelled data.
+
+The contract every kind follows is :class:`ModelConfig` (:mod:`ppvae.models.base`); the
+optional abilities of the built programs are the protocols of :mod:`ppvae.models.abilities`.
 """
 
-from ppvae.models.base import MODELS, ModelConfig
+from ppvae.models import abilities
+from ppvae.models.base import MODELS, ModelConfig, ModelContext, PretrainedRun
 from ppvae.models.cvae import CVAE, CVAEConfig, CVAEGuide
 from ppvae.models.hvae import HVAE, HVAEConfig, HVAEGuide
 from ppvae.models.m2 import M2, M2Config, M2Guide, build_m2  # registers "m2"
@@ -23,6 +27,9 @@ from ppvae.models.vae import VAE, VAEConfig, VAEGuide, build_vae
 __all__ = [
     "MODELS",
     "ModelConfig",
+    "ModelContext",
+    "PretrainedRun",
+    "abilities",
     "VAE",
     "VAEGuide",
     "VAEConfig",
