@@ -101,7 +101,7 @@ def _write_failure(path: Path, err: Exception) -> str:
     if code is None and isinstance(err, RuntimeError) and not os.access(path.parent, os.W_OK):
         code = errno.EACCES
     if code in (errno.ENOSPC, errno.EDQUOT):
-        why = "the disk is full; free some space (the previous checkpoint is kept)"
+        why = "no space left on device; free some space (the previous checkpoint is kept)"
     elif code == errno.EROFS:
         why = "the file system is read-only; copy the run to a writable folder"
     elif code in (errno.EACCES, errno.EPERM):

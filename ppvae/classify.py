@@ -13,6 +13,7 @@ same way for comparable figures.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from ppvae.errors import DataError, RunDirError
 from ppvae.models.abilities import Classifies
+from ppvae.rundir import check_output_path, write_text_atomic, writing
 
 __all__ = ["ClassifyResult", "classify_run", "predict_proba", "read_inputs"]
 
@@ -86,6 +88,10 @@ def classify_run(
 
     if data is not None and split is not None:
         raise RunDirError("give either --data FILE.npz or --split, not both")
+    if out is not None:
+        if Path(out).suffix.lower() != ".csv":
+            raise RunDirError(f"--out must end in .csv, got {str(out)!r}")
+        check_output_path(out)
     run = load_run(run_dir, which=checkpoint, device=device)
     if not isinstance(run.guide, Classifies):
         raise RunDirError(
@@ -108,12 +114,15 @@ def classify_run(
     path = Path(out) if out is not None else run.path / f"classify-{name}.csv"
     if path.suffix.lower() != ".csv":
         raise RunDirError(f"--out must end in .csv, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["index", *(["label"] if y is not None else []), "predicted"]
-        writer.writerow(header + [f"p_{c}" for c in range(probs.shape[-1])])
-        for i in range(len(x)):
-            row = [i, *([int(y[i])] if y is not None else []), int(predicted[i])]
-            writer.writerow(row + [f"{float(p):.6g}" for p in probs[i]])
+    check_output_path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    header = ["index", *(["label"] if y is not None else []), "predicted"]
+    writer.writerow(header + [f"p_{c}" for c in range(probs.shape[-1])])
+    for i in range(len(x)):
+        row = [i, *([int(y[i])] if y is not None else []), int(predicted[i])]
+        writer.writerow(row + [f"{float(p):.6g}" for p in probs[i]])
+    write_text_atomic(path, handle.getvalue())  # a link at the target is replaced
     return ClassifyResult(probs, predicted, y, acc, path)

@@ -17,7 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import inspect
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -111,6 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"train.device={json.dumps(args.device)}")
     if args.seed is not None:
+        _check_seed_option(args.seed)
         overrides.append(f"train.seed={args.seed}")
     if args.deterministic:
         overrides.append("train.deterministic=true")
@@ -121,6 +122,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "--resume RUN_DIR takes no SPEC, --out or --force: the run folder has its spec"
             )
         out = Path(args.resume)
+        if out.is_symlink() or (out / "spec.toml").is_symlink():
+            raise RunDirError(
+                f"cannot resume {str(out)!r}: it is or holds a symbolic link; ppvae never "
+                "follows links in a run folder"
+            )
         if not (out / "spec.toml").is_file():
             raise RunDirError(
                 f"cannot resume {str(out)!r}: it is not a ppvae run folder (no spec.toml)"
@@ -196,60 +202,118 @@ def _print_summary(s: dict) -> None:
     print(f"  k-hat plot: {s['khat_plot']}")
 
 
+#: ``ppvae sample`` draws at most this many samples per call of ``generate``.
+_SAMPLE_CHUNK = 10_000
+#: A ``.png`` grid holds at most this many samples.
+_MAX_PNG_SAMPLES = 10_000
+
+
+def _check_seed_option(seed: int, option: str = "--seed") -> None:
+    from ppvae.rundir import MAX_SEED, check_seed
+
+    try:
+        check_seed(seed, option)
+    except Exception:
+        from ppvae.errors import SpecError
+
+        raise SpecError(f"{option} must be an integer from 0 to {MAX_SEED}, got {seed}") from None
+
+
+def _physical_memory() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ppvae.errors import RunDirError
     from ppvae.infer.train import seeded
-    from ppvae.report import save_image_grid
+    from ppvae.models.abilities import Generates, GeneratesByClass
+    from ppvae.report import image_grid_png
     from ppvae.run import load_run
+    from ppvae.rundir import check_output_path, write_bytes_atomic
 
     if args.n < 1:
         raise RunDirError(f"-n must be at least 1, got {args.n}")
+    _check_seed_option(args.seed)
+    if args.out is not None:
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in (".png", ".npy", ".pt"):
+            raise RunDirError(f"--out must end in .png, .npy or .pt, got {args.out!r}")
+        check_output_path(args.out)
     run = load_run(args.run_dir, which=args.checkpoint)
-    if not hasattr(run.model, "generate"):
+    if not isinstance(run.model, Generates):
         raise RunDirError(
             f"the model of {args.run_dir!r} ({run.spec.model.kind}) cannot generate samples"
         )
     out = Path(args.out) if args.out else run.path / "figures" / f"samples-{args.n}.png"
     suffix = out.suffix.lower()
-    if suffix not in (".png", ".npy", ".pt"):
-        raise RunDirError(f"--out must end in .png, .npy or .pt, got {str(out)!r}")
     if suffix == ".png" and run.data.image_shape is None:
         raise RunDirError(
             "the data are not images, so samples cannot be a .png; use --out FILE.npy"
         )
+    if suffix == ".png" and args.n > _MAX_PNG_SAMPLES:
+        raise RunDirError(
+            f"-n {args.n} is too many for a .png grid (at most {_MAX_PNG_SAMPLES}); use --out "
+            "FILE.npy for more"
+        )
+    need = args.n * run.data.dim * 4  # float32 samples, held at once
+    memory = _physical_memory()
+    if memory is not None and need > memory // 2:
+        raise RunDirError(
+            f"-n {args.n} samples of {run.data.dim} values would need {need / 1e9:.1f} GB, more "
+            f"than half of this machine's {memory / 1e9:.1f} GB of memory; draw fewer"
+        )
+    if args.condition is not None and not isinstance(run.model, GeneratesByClass):
+        raise RunDirError(
+            f"--condition needs a conditional model (cvae); {args.run_dir!r} is {run.spec.model.kind!r}"
+        )
+    extra = {} if args.condition is None else {"condition": args.condition}
     with seeded(args.seed, run.device):
-        if args.condition is None:
-            samples = run.model.generate(args.n).cpu()
-        elif "condition" in inspect.signature(run.model.generate).parameters:
-            samples = run.model.generate(args.n, condition=args.condition).cpu()
+        if args.n <= _SAMPLE_CHUNK:
+            samples = run.model.generate(args.n, **extra).cpu()
         else:
-            raise RunDirError(
-                f"--condition needs a conditional model (cvae); {args.run_dir!r} is {run.spec.model.kind!r}"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
+            parts, left = [], args.n
+            while left > 0:
+                parts.append(run.model.generate(min(left, _SAMPLE_CHUNK), **extra).cpu())
+                left -= _SAMPLE_CHUNK
+            samples = torch.cat(parts)
+    if out.parent != run.path / "figures" or args.out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        out.parent.mkdir(exist_ok=True)
+    buf = io.BytesIO()
     if suffix == ".png":
-        save_image_grid(samples, run.data.image_shape, out)
+        buf.write(image_grid_png(samples, run.data.image_shape))
     elif suffix == ".npy":
         import numpy as np
 
-        np.save(out, samples.numpy())
+        np.save(buf, samples.numpy())
     else:
-        torch.save(samples, out)
+        torch.save(samples, buf)
+    write_bytes_atomic(out, buf.getvalue())
     print(f"{args.n} samples written to {out}")
     return 0
 
 
 def _import_plugins(modules: list[str]) -> None:
-    """Import user modules that register components (``--import MODULE``); a module is
-    looked up on ``sys.path`` and in the current folder."""
+    """Import user modules that register components (``--import MODULE``). A module is
+    looked up on ``sys.path``, then in the current folder: the working folder never comes
+    ahead of installed packages, so a stray ``sklearn.py`` there shadows nothing."""
     import importlib
+    import os
 
     from ppvae.errors import SpecError
 
-    if modules and "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
+    if not modules:
+        return
+    here = {"", ".", os.getcwd()}
+    sys.path[:] = [p for p in sys.path if p not in here] + [os.getcwd()]
     for name in modules:
         try:
             importlib.import_module(name)
@@ -365,17 +429,40 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 user error)."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 Ctrl-C)."""
     try:
+        args = build_parser().parse_args(argv)
         _import_plugins(args.imports)
         return _COMMANDS[args.command](args)
     except PpvaeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a read-only folder, a vanished file
+        from ppvae.rundir import os_error_message
+
+        return _error(os_error_message(err, "use"))
+    except MemoryError:
+        return _error(
+            "out of memory; use smaller sizes (samples, batch, model) or a larger machine"
+        )
+    except RuntimeError as err:
+        if _is_out_of_memory(err):
+            return _error(
+                "out of memory; use smaller sizes (samples, batch, model) or a larger machine"
+            )
+        raise
+
+
+def _error(sentence: str) -> int:
+    print(f"error: {' '.join(sentence.split())}", file=sys.stderr)
+    return 2
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 if __name__ == "__main__":  # pragma: no cover

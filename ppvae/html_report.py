@@ -44,13 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppvae.errors import PpvaeError, RunDirError
+from ppvae.errors import PpvaeError, RunDirError, SpecChangedError
 from ppvae.models.abilities import (
     AmortizedPosterior,
     Generates,
     LayeredPosterior,
     Reconstructs,
 )
+from ppvae.rundir import check_no_links, check_output_path, write_text_atomic, writing
 
 __all__ = ["write_report", "LATENT_POINTS", "REPORT_FILE"]
 
@@ -131,10 +132,14 @@ def _grid_png(images: torch.Tensor, image_shape: Sequence[int], ncols: int) -> t
 def _fmt(value: Any, spec: str = ".4f") -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, bool):
+        return str(value)
     try:
         x = float(value)
     except (TypeError, ValueError):
-        return str(value)
+        return str(value)[:40]
+    except OverflowError:  # an integer of hundreds of digits
+        return "n/a (out of range)"
     if not math.isfinite(x):
         return "n/a" if math.isnan(x) else str(x)
     return format(x, spec)
@@ -180,22 +185,61 @@ def _safely(what: str, make: Callable[[], str]) -> str:
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The records of ``metrics.jsonl`` and the number of unreadable lines."""
-    records, bad = [], 0
-    for line in path.read_text().splitlines():
+#: Fields of an epoch record that hold numbers.
+_NUMERIC_FIELDS = ("step", "train_loss", "valid_elbo", "kl_weight", "seconds", "skipped_steps")
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that converts to a float (not a bool, not a 400-digit integer)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
+    """The epoch records of ``metrics.jsonl``, the number of unreadable lines (not JSON,
+    or with a field that should be a number and is not), and the resume notes."""
+    records, bad, notes = [], 0, []
+    for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
-        if isinstance(record, dict) and "epoch" in record:
+        if isinstance(record, dict) and "resumed" in record and "epoch" not in record:
+            notes.append(record)
+        elif (
+            isinstance(record, dict)
+            and isinstance(record.get("epoch"), int)
+            and _is_number(record["epoch"])
+            and all(record.get(k) is None or _is_number(record[k]) for k in _NUMERIC_FIELDS)
+        ):
             records.append(record)
         else:
             bad += 1
-    return records, bad
+    return records, bad, notes
+
+
+def _resume_rows(notes: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One facts row per resume that changed optimization settings."""
+    rows = []
+    for note in notes:
+        changed = note.get("changed")
+        if not isinstance(changed, dict):
+            continue
+        parts = []
+        for key, change in changed.items():
+            if isinstance(change, dict):
+                parts.append(f"{key} {change.get('from')!r} -> {change.get('to')!r}")
+        after = note.get("after_epoch", "?")
+        rows.append((f"resumed after epoch {after}", _esc("; ".join(parts) or "no change")))
+    return rows
 
 
 def _best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -237,7 +281,9 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
-def _facts_section(path: Path, spec_dict: dict | None, records, bad_lines, run, load_error) -> str:
+def _facts_section(
+    path: Path, spec_dict: dict | None, records, bad_lines, run, load_error, notes=()
+) -> str:
     rows: list[tuple[str, str]] = [("run folder", f"<code>{_esc(path.resolve())}</code>")]
     if spec_dict:
         model = spec_dict.get("model", {}).get("kind", "?")
@@ -267,9 +313,10 @@ def _facts_section(path: Path, spec_dict: dict | None, records, bad_lines, run, 
                     _esc(f"{_fmt_seconds(total)} ({total / len(seconds):.2f} s per epoch)"),
                 )
             )
-        skipped = sum(int(r.get("skipped_steps", 0)) for r in records)
+        skipped = sum(int(r.get("skipped_steps") or 0) for r in records)
         if skipped:
             rows.append(("skipped steps (non-finite loss)", _esc(skipped)))
+    rows.extend(_resume_rows(notes))
     if bad_lines:
         rows.append(("metrics.jsonl", _esc(f"{bad_lines} unreadable line(s) left out")))
     if run is not None:
@@ -670,6 +717,7 @@ def _check_target(target: Path) -> None:
         raise RunDirError(
             f"the report file {str(target)!r} is a folder; give a file name such as report.html"
         )
+    check_output_path(target)
 
 
 def write_report(run_dir, *, out: str | Path | None = None) -> Path:
@@ -695,12 +743,14 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
     if isinstance(run_dir, Run):
         run = run_dir
         path = Path(run.path)
+        check_no_links(path)
         spec_file = path / _SPEC_FILE
         spec_text = spec_file.read_text() if spec_file.is_file() else dump_spec(run.spec)
     else:
         path = Path(run_dir)
         if not path.is_dir():
             raise RunDirError(f"run folder {str(path)!r} does not exist")
+        check_no_links(path)  # nothing a link points to may end up in the report
         if not (path / _SPEC_FILE).is_file():
             raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {_SPEC_FILE}")
         try:
@@ -712,6 +762,8 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
         _check_target(Path(out) if out is not None else path / REPORT_FILE)
         try:
             run = load_run(path, which="best", device="cpu")
+        except (SpecChangedError, RunDirError):
+            raise  # an edited spec.toml, or links: no report of a run that cannot be trusted
         except PpvaeError as err:
             load_error = str(err)
 
@@ -724,9 +776,9 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
         spec_error = str(err)
 
     metrics = path / "metrics.jsonl"
-    records, bad_lines, metrics_note = [], 0, None
+    records, bad_lines, metrics_note, notes = [], 0, None, []
     if metrics.is_file():
-        records, bad_lines = _read_metrics(metrics)
+        records, bad_lines, notes = _read_metrics(metrics)
         if not records:
             metrics_note = "metrics.jsonl holds no epoch records: no training curves"
     else:
@@ -736,7 +788,7 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
         run.model.eval()
         run.guide.eval()
     sections = [
-        _facts_section(path, spec_dict, records, bad_lines, run, load_error),
+        _facts_section(path, spec_dict, records, bad_lines, run, load_error, notes),
         _spec_section(spec_text, spec_dict, spec_error),
         _curves_section(records, metrics_note),
         _images_section(run, load_error),
@@ -755,6 +807,7 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
         f'<p class="meta">Written {_esc(now)} by <code>ppvae report</code>.</p>\n'
         f"<nav>{nav}</nav>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, page)  # a link at the target is replaced, never followed
     return target

@@ -2,6 +2,8 @@
 
 A run folder holds::
 
+    .ppvae-run              the marker: ppvae made this folder (``--force`` needs it)
+    .ppvae-lock             locked by the process writing the run
     spec.toml               the resolved spec (every key, defaults included)
     metrics.jsonl           one JSON record per epoch
     checkpoints/last.pt     the training state after the last epoch
@@ -11,7 +13,9 @@ A run folder holds::
     figures/reconstructions.png   test data above its reconstructions (image data)
 
 :func:`train_spec` never overwrites a non-empty folder unless ``force=True``, and even then
-only a folder that holds a ppvae run.
+only a folder that ppvae marked as a run, once the new run has written its first
+checkpoint. Every reader (:func:`load_run`) refuses a folder holding a symbolic link and a
+``spec.toml`` edited after training (see :mod:`ppvae.rundir`).
 
 Example:
     >>> import tempfile
@@ -21,16 +25,16 @@ Example:
     ...                    "train": {"epochs": 1, "progress": False}})
     >>> run, history = train_spec(spec, tempfile.mkdtemp() + "/run")
     >>> sorted(p.name for p in run.path.iterdir())
-    ['checkpoints', 'figures', 'metrics.jsonl', 'spec.toml']
+    ['.ppvae-lock', '.ppvae-run', 'checkpoints', 'figures', 'metrics.jsonl', 'spec.toml']
     >>> load_run(run.path).spec == spec
     True
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +46,30 @@ import torch
 from torch import nn
 
 from ppvae import distributed
-from ppvae.checkpoint import load_checkpoint
+from ppvae.checkpoint import check_train_state, load_checkpoint
 from ppvae.data import DataBundle, Split
-from ppvae.errors import CheckpointError, RunDirError
+from ppvae.errors import CheckpointError, RunDirError, SpecChangedError, SpecError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import History, fit, resolve_device, seeded
 from ppvae.models.abilities import Generates, Reconstructs
 from ppvae.models.base import ModelContext, PretrainedRun
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions
+from ppvae.rundir import (
+    LOCK_FILE,
+    RESUMABLE_TRAIN_KEYS,
+    RUN_MARKER,
+    FolderLock,
+    check_no_links,
+    check_seed,
+    describe_differences,
+    is_marked,
+    remove_tree,
+    spec_differences,
+    spec_fingerprint,
+    write_marker,
+    write_text_atomic,
+    writing,
+)
 from ppvae.spec import Spec, dump_spec, load_spec
 
 __all__ = [
@@ -148,33 +168,134 @@ def default_run_dir(spec_path: str | Path, root: str | Path = "runs") -> Path:
     stem = Path(spec_path).stem
     root = Path(root)
     candidate, i = root / stem, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.is_symlink() or (candidate.exists() and _has_entries(candidate)):
         i += 1
         candidate = root / f"{stem}-{i}"
     return candidate
 
 
+def _has_entries(path: Path, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` is not a folder, or holds anything but ``ignore``."""
+    if not path.is_dir():
+        return True
+    return any(p.name not in ignore for p in path.iterdir())
+
+
 def _check_dir(path: Path, force: bool) -> None:
     """Refuse a run folder that would be overwritten (reads only: every process checks)."""
+    if path.is_symlink():
+        raise RunDirError(
+            f"run folder {str(path)!r} is a symbolic link; give the folder itself as --out"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(
+                    f"run folder {str(path)!r} lies under {str(parent)!r}, which is a file; "
+                    "choose another --out"
+                )
+            break
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run folder {str(path)!r} is a file; choose another --out")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and _has_entries(path, (LOCK_FILE,)):
         if not force:
             raise RunDirError(
                 f"run folder {str(path)!r} exists and is not empty; pass --force to replace it "
                 "or choose another --out"
             )
-        if not (path / SPEC_FILE).is_file():
+        if not is_marked(path, RUN_MARKER):
             raise RunDirError(
-                f"refusing to replace {str(path)!r}: it is not a ppvae run folder (no {SPEC_FILE})"
+                f"refusing to replace {str(path)!r}: it is not a ppvae run folder (it has no "
+                f"{RUN_MARKER} marker, which ppvae writes into the run folders it makes)"
             )
 
 
-def _prepare_dir(path: Path) -> None:
-    """Empty (an already checked) run folder and create it."""
-    if path.is_dir() and any(path.iterdir()):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+def _new_run_folder(path: Path, spec: Spec) -> FolderLock:
+    """Create (or take an empty) run folder, lock it, mark it and write its spec."""
+    with writing(path, "create the run folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(path).acquire()
+    try:
+        # checked again under the lock: another process may have filled it meanwhile
+        if _has_entries(path, (LOCK_FILE,)):
+            raise RunDirError(
+                f"run folder {str(path)!r} was filled by another process meanwhile; choose "
+                "another --out"
+            )
+        write_marker(path, RUN_MARKER)
+        write_text_atomic(path / SPEC_FILE, dump_spec(spec))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _staging_dir(out: Path) -> Path:
+    """Where ``--force`` trains the new run before it replaces ``out``."""
+    return out.parent / f".{out.name}.ppvae-new"
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace the run in ``out`` by the one in ``staging`` (two renames, then removal)."""
+    trash = out.parent / f".{out.name}.ppvae-old"
+    remove_tree(trash)
+    with writing(out, "replace the run folder"):
+        os.rename(out, trash)
+        os.rename(staging, out)
+    remove_tree(trash)
+
+
+def _check_resume(
+    spec: Spec, out: Path, checkpoint: dict[str, Any], path: Path
+) -> dict[str, tuple[Any, Any]]:
+    """Refuse a resume whose spec differs from the checkpoint's in anything but the
+    optimization settings; return the settings that change (``train.key -> (old, new)``)."""
+    check_train_state(checkpoint, path)
+    old = checkpoint.get("spec")
+    new = spec.to_dict()
+    if isinstance(old, dict):
+        diffs = spec_differences(old, new, frozen=True)
+        if diffs:
+            raise SpecChangedError(
+                f"cannot resume {str(out)!r}: the spec differs from the one its checkpoint was "
+                f"trained with in {describe_differences(diffs)}; a resumed run may change only "
+                f"train.{', train.'.join(RESUMABLE_TRAIN_KEYS)}"
+            )
+        diffs = spec_differences(old, new, frozen=False)
+        # a longer run or another progress bar leave the trajectory as it was: not recorded
+        return {k: v for k, v in diffs.items() if k not in ("train.epochs", "train.progress")}
+    if checkpoint.get("spec_digest") not in (spec_fingerprint(new), spec.digest()):
+        raise SpecChangedError(
+            f"checkpoint {str(path)!r} was written by a different spec; resume with the run's "
+            f"own {SPEC_FILE}"
+        )
+    return {}
+
+
+def _rebuild_metrics(out: Path, history: list[dict[str, Any]], note: dict | None) -> None:
+    """Rewrite ``metrics.jsonl`` from the checkpoint's history (a kill between writing a
+    metrics line and the checkpoint must not leave a record of an epoch that is redone),
+    keeping the records of earlier resumes and adding ``note``."""
+    epochs = len(history)
+    notes: dict[int, list[dict]] = {}
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "resumed" in record:
+                after = record.get("after_epoch")
+                if isinstance(after, int) and 0 <= after <= epochs:
+                    notes.setdefault(after, []).append(record)
+    if note is not None:
+        notes.setdefault(note["after_epoch"], []).append(note)
+    lines = [json.dumps(r) + "\n" for r in notes.get(0, [])]
+    for i, record in enumerate(history, 1):
+        lines.append(json.dumps(record) + "\n")
+        lines.extend(json.dumps(r) + "\n" for r in notes.get(i, []))
+    write_text_atomic(metrics, "".join(lines))
 
 
 def train_spec(
@@ -188,115 +309,234 @@ def train_spec(
 ) -> tuple[Run, History]:
     """Train ``spec`` into ``out_dir`` and write its figures.
 
-    ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt``; the
-    spec must be the one the run was started with. ``callbacks`` go to :func:`~ppvae.fit`
-    (e.g. a time budget that sets ``state.stop``).
+    The folder is locked while the run is written (a second writer is refused with the
+    holder's pid). ``force=True`` replaces a run folder made by ppvae (one holding its
+    marker), and only once the new run has written a checkpoint: the new run trains in a
+    hidden sibling folder that then takes the old one's place; if it fails before its first
+    checkpoint, the old run is left as it was.
+
+    ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt``. The spec
+    must be the one the run was started with, except for the optimization settings in
+    :data:`~ppvae.rundir.RESUMABLE_TRAIN_KEYS` (``train.lr``, ``train.clip_norm``,
+    ``train.epochs``...): changed ones are recorded in ``metrics.jsonl`` (a line
+    ``{"resumed": ..., "after_epoch": E, "changed": {...}}``) and in ``spec.toml``.
+    ``callbacks`` go to :func:`~ppvae.fit` (e.g. a time budget that sets ``state.stop``).
     """
     out = Path(out_dir)
+    check_seed(spec.train.seed, "train.seed")
     distributed.init_from_env(resolve_device(spec.train.device))
     main = distributed.is_main_process()
     resume_from = None
+    changed: dict[str, tuple[Any, Any]] = {}
+    checkpoint: dict[str, Any] = {}
+    replacing = False
+    locks: list[FolderLock] = []
     if resume:
-        resume_from = out / "checkpoints" / "last.pt"
-        checkpoint = load_checkpoint(resume_from)
-        if checkpoint.get("spec_digest") != spec.digest():
-            raise CheckpointError(
-                f"checkpoint {str(resume_from)!r} was written by a different spec; resume with the "
-                f"run's own {SPEC_FILE}"
+        if out.is_symlink():
+            raise RunDirError(
+                f"cannot resume {str(out)!r}: it is a symbolic link; give the run folder itself"
             )
+        if not (out / SPEC_FILE).is_file():
+            raise RunDirError(
+                f"cannot resume {str(out)!r}: it is not a ppvae run folder (no {SPEC_FILE})"
+            )
+        check_no_links(out)
     else:
         _check_dir(out, force)
-    # Data and model first: a bad data set or model option must fail before the folder is
-    # touched (no half-made run folder, and --force must not delete the old run for nothing).
-    data, model, guide = build(spec)
-    distributed.barrier()
-    if main:
+        replacing = force and out.is_dir() and _has_entries(out, (LOCK_FILE,))
+    work = _staging_dir(out) if replacing else out
+    try:
         if resume:
-            # a process killed while saving leaves its temporary file behind: drop it
-            for stale in (out / "checkpoints").glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-            _write_atomic(out / SPEC_FILE, dump_spec(spec))  # epochs may have been extended
-            # metrics.jsonl is rebuilt from the checkpoint: a kill between writing a metrics
-            # line and the checkpoint must not leave a record of an epoch that is redone.
-            _write_atomic(
-                out / "metrics.jsonl",
-                "".join(json.dumps(r) + "\n" for r in checkpoint["history"]),
-            )
-        else:
-            _prepare_dir(out)
-            (out / SPEC_FILE).write_text(dump_spec(spec))
-    distributed.barrier()
-    t = spec.train
-    history = fit(
-        model,
-        guide,
-        train_inputs(spec, data),
-        objective=spec.objective,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        valid_data=model_inputs(spec, data.valid),
-        device=t.device,
-        seed=t.seed,
-        out_dir=out,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        clip_norm=t.clip_norm,
-        kl_warmup_epochs=t.kl_warmup_epochs,
-        early_stopping=t.early_stopping,
-        on_nan=t.on_nan,
-        deterministic=t.deterministic,
-        progress=t.progress if progress is None else progress,
-        train_transform=data.train_transform,
-        spec=spec.to_dict(),
-        spec_digest=spec.digest(),
-        resume_from=resume_from,
-        callbacks=callbacks,
-    )
-    run = Run(out, spec, data, model, guide)
-    distributed.barrier()
-    # best.pt is missing only when no epoch had a finite validation ELBO (on_nan = "skip")
-    best = (out / "checkpoints" / "best.pt").is_file()
-    _load_weights(run, "best" if best else "last")
-    if main:
-        write_figures(run, history.records)
-    distributed.barrier()
+            resume_from = out / "checkpoints" / "last.pt"
+            checkpoint = load_checkpoint(resume_from)
+            changed = _check_resume(spec, out, checkpoint, resume_from)
+        # Data and model first: a bad data set or model option must fail before the folder
+        # is touched (no half-made run folder, and --force must not delete the old run for
+        # nothing).
+        data, model, guide = _build(spec)
+        if resume:
+            _check_weights(model, guide, checkpoint, resume_from)
+            if main:
+                locks.append(FolderLock(out).acquire())
+                # read again under the lock: a writer may have finished meanwhile
+                checkpoint = load_checkpoint(resume_from)
+                changed = _check_resume(spec, out, checkpoint, resume_from)
+                _check_weights(model, guide, checkpoint, resume_from)
+        distributed.barrier()
+        if main:
+            if resume:
+                # a process killed while saving leaves its temporary file behind: drop it
+                for stale in (out / "checkpoints").glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
+                if not is_marked(out, RUN_MARKER):
+                    write_marker(out, RUN_MARKER)  # a run of an older ppvae, checked above
+                note = None
+                if changed:
+                    note = {
+                        "resumed": datetime.datetime.now(datetime.UTC).isoformat(
+                            timespec="seconds"
+                        ),
+                        "after_epoch": len(checkpoint["history"]),
+                        "changed": {k: {"from": a, "to": b} for k, (a, b) in changed.items()},
+                    }
+                write_text_atomic(out / SPEC_FILE, dump_spec(spec))
+                _rebuild_metrics(out, checkpoint["history"], note)
+            elif replacing:
+                locks.append(FolderLock(out).acquire())  # no one writes into the old run
+                if work.exists() or work.is_symlink():
+                    with FolderLock(work, "staging folder"):
+                        pass  # refused if another process trains there
+                    remove_tree(work)
+                locks.append(_new_run_folder(work, spec))
+            else:
+                locks.append(_new_run_folder(out, spec))
+        distributed.barrier()
+        config = spec.train if progress is None else spec.train.replace(progress=progress)
+        try:
+            with writing(work):
+                history = fit(
+                    model,
+                    guide,
+                    train_inputs(spec, data),
+                    spec.objective,
+                    config,
+                    valid_data=model_inputs(spec, data.valid),
+                    out_dir=work,
+                    train_transform=data.train_transform,
+                    metadata={
+                        "spec": spec.to_dict(),
+                        "spec_digest": spec_fingerprint(spec.to_dict()),
+                    },
+                    resume_from=resume_from,
+                    callbacks=callbacks,
+                )
+        except BaseException:
+            if main and replacing:
+                # the new run replaces the old one only once it has a checkpoint
+                if (work / "checkpoints" / "last.pt").is_file():
+                    _swap_in(work, out)
+                else:
+                    remove_tree(work)
+            raise
+        if main and replacing:
+            _swap_in(work, out)
+        run = Run(out, spec, data, model, guide)
+        distributed.barrier()
+        # best.pt is missing only when no epoch had a finite validation ELBO (on_nan = "skip")
+        best = (out / "checkpoints" / "best.pt").is_file()
+        _load_weights(run, "best" if best else "last")
+        if main:
+            with writing(out / "figures"):
+                write_figures(run, history.records)
+        distributed.barrier()
+    finally:
+        for lock in reversed(locks):
+            lock.release()
     return run, history
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
+    """:func:`build`, with running out of memory said in one sentence."""
+    try:
+        return build(spec)
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        raise SpecError(_memory_message(err)) from None
+    except RuntimeError as err:
+        text = str(err).lower()
+        if "can't allocate memory" in text or "out of memory" in text:
+            raise SpecError(_memory_message(err)) from None
+        raise
 
 
-def _load_weights(run: Run, which: str) -> dict[str, Any]:
+def _memory_message(err: BaseException) -> str:
+    return (
+        "building the spec's model and guide ran out of memory; make them smaller "
+        "(model.latent_dim, model.hidden, guide.num_steps, prior sizes)"
+    )
+
+
+def _check_weights(model: nn.Module, guide: nn.Module, checkpoint: dict, path: Path) -> None:
+    """Refuse a checkpoint whose weights do not fit the built model and guide (names and
+    shapes), before training loads it."""
+    for name, module in (("model", model), ("guide", guide)):
+        state = checkpoint.get(name)
+        own = module.state_dict()
+        if not isinstance(state, dict) or set(state) != set(own):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not match the {name} of {SPEC_FILE} "
+                "(its weights have other names)"
+            )
+        for key, value in own.items():
+            other = state[key]
+            if not isinstance(other, torch.Tensor) or other.shape != value.shape:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} does not match the {name} of {SPEC_FILE} "
+                    f"(weight {key!r} has shape "
+                    f"{tuple(other.shape) if isinstance(other, torch.Tensor) else '?'}, "
+                    f"the {name} needs {tuple(value.shape)})"
+                )
+
+
+def _load_weights(run: Run, which: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     path = run.path / "checkpoints" / f"{which}.pt"
-    checkpoint = load_checkpoint(path, map_location=run.device)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, map_location=run.device)
     try:
         run.model.load_state_dict(checkpoint["model"])
         run.guide.load_state_dict(checkpoint["guide"])
-    except (KeyError, RuntimeError) as err:
+    except (KeyError, RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not match the model of {SPEC_FILE} ({err.__class__.__name__})"
         ) from None
     return checkpoint
 
 
+def _check_spec_matches(run: Run, which: str, checkpoint: dict[str, Any]) -> None:
+    """Refuse a ``spec.toml`` edited after its checkpoint was written."""
+    path = run.path / "checkpoints" / f"{which}.pt"
+    stored = checkpoint.get("spec")
+    current = run.spec.to_dict()
+    if isinstance(stored, dict):
+        diffs = spec_differences(stored, current, frozen=True)
+        if diffs:
+            raise SpecChangedError(
+                f"{SPEC_FILE} of {str(run.path)!r} differs from the spec its checkpoint "
+                f"{which}.pt was trained with in {describe_differences(diffs)}; restore the "
+                f"run's {SPEC_FILE} (only [evaluate] and train.{{{', '.join(RESUMABLE_TRAIN_KEYS)}}} "
+                "may change)"
+            )
+        return
+    digest = checkpoint.get("spec_digest")
+    if digest not in (spec_fingerprint(current), run.spec.digest()):
+        raise SpecChangedError(
+            f"checkpoint {str(path)!r} does not record the spec of {SPEC_FILE} in "
+            f"{str(run.path)!r}; it was not written by this run"
+        )
+
+
 def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -> Run:
-    """Rebuild a trained run from its folder: spec, data, and the ``which`` weights."""
+    """Rebuild a trained run from its folder: spec, data, and the ``which`` weights.
+
+    The folder may hold no symbolic link, and its ``spec.toml`` must be the spec the
+    checkpoint was trained with (apart from ``[evaluate]`` and the optimization settings
+    a resumed run may change): an edited spec is a :class:`~ppvae.errors.SpecChangedError`.
+    """
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirError(f"run folder {str(path)!r} does not exist")
-    if not (path / SPEC_FILE).is_file():
+    if not (path / SPEC_FILE).is_file() and not (path / SPEC_FILE).is_symlink():
         raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {SPEC_FILE}")
+    check_no_links(path)
     spec = load_spec(path / SPEC_FILE)
-    data, model, guide = build(spec)
+    check_seed(spec.train.seed, "train.seed")
+    data, model, guide = _build(spec)
     dev = resolve_device(device)
     model.to(dev)
     guide.to(dev)
     run = Run(path, spec, data, model, guide)
-    _load_weights(run, which)
+    checkpoint = load_checkpoint(path / "checkpoints" / f"{which}.pt", map_location=dev)
+    _check_spec_matches(run, which, checkpoint)
+    _load_weights(run, which, checkpoint)
     model.eval()
     guide.eval()
     return run

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import shutil
@@ -50,6 +51,18 @@ from ppvae.data import DataBundle, labelled_part
 from ppvae.errors import RunDirError, SpecError
 from ppvae.infer.train import seeded
 from ppvae.models.abilities import LabelSubset
+from ppvae.rundir import (
+    EXPERIMENT_MARKER,
+    LOCK_FILE,
+    RUN_MARKER,
+    FolderLock,
+    check_no_links,
+    is_marked,
+    remove_tree,
+    write_marker,
+    write_text_atomic,
+    writing,
+)
 from ppvae.spec import Spec, parse_spec
 
 __all__ = [
@@ -220,19 +233,17 @@ def train_baseline(
         model,
         EmptyGuide(),
         (x, y),
-        objective="elbo",
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=t.lr,
+        "elbo",
+        t.replace(
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            kl_warmup_epochs=0,
+            early_stopping=_BASELINE_PATIENCE,
+            progress=False,
+        ),
         valid_data=(data.valid.x, data.valid.y),
-        device=t.device,
-        seed=seed,
         out_dir=out,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        clip_norm=t.clip_norm,
-        early_stopping=_BASELINE_PATIENCE,
-        progress=False,
         train_transform=data.train_transform,
     )
     model.load_state_dict(load_checkpoint(out / "checkpoints" / "best.pt")["model"])
@@ -292,7 +303,7 @@ def run_cell(
         run_dir=str(run.path),
         spec_digest=cell_spec.digest(),
     )
-    (out / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    write_text_atomic(out / "result.json", json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
@@ -358,26 +369,68 @@ def run_semisupervised(
     # every cell's spec must parse (e.g. num_labels against the data comes later)
     cell_specs = {(n, s): _cell_spec(spec, n, s) for n in labels for s in seed_list}
     out = Path(out_dir)
+    _check_experiment_folder(out, force=force, resume=resume)
+    with writing(out, "create the experiment folder"):
+        out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "experiment folder").acquire()
+    try:
+        if not is_marked(out, EXPERIMENT_MARKER):
+            write_marker(out, EXPERIMENT_MARKER)
+        cells = _run_cells(
+            spec, labels, seed_list, cell_specs, out, baseline, resume, progress, log
+        )
+        if force:
+            # the new cells are in place: drop the old experiment's other cells
+            wanted = {(f"L{n}", f"seed{s}") for n in labels for s in seed_list}
+            for cell_dir in sorted(out.glob("L*/seed*")):
+                if (cell_dir.parent.name, cell_dir.name) not in wanted:
+                    remove_tree(cell_dir)
+            for folder in sorted(out.glob("L*")):
+                if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                    folder.rmdir()
+        rows = summarize(cells)
+        files = write_tables(rows, out, spec=spec)
+    finally:
+        lock.release()
+    files.append(out / "runs.csv")
+    return SemiSupervisedResult(cells, rows, files)
+
+
+def _check_experiment_folder(out: Path, *, force: bool, resume: bool) -> None:
+    """Refuse a folder that an experiment would overwrite (see :func:`run_semisupervised`)."""
+    if out.is_symlink():
+        raise RunDirError(
+            f"experiment folder {str(out)!r} is a symbolic link; give the folder itself as --out"
+        )
     if out.exists() and not out.is_dir():
         raise RunDirError(f"experiment folder {str(out)!r} is a file; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (force or resume):
+    if not out.is_dir() or not any(p.name != LOCK_FILE for p in out.iterdir()):
+        return
+    if not (force or resume):
         raise RunDirError(
             f"experiment folder {str(out)!r} exists and is not empty; pass --resume to keep its "
             "finished runs, --force to start again, or choose another --out"
         )
-    if force and out.is_dir() and any(out.iterdir()):
-        if not (out / "table.md").is_file() and not any(out.glob("L*/seed*")):
-            raise RunDirError(
-                f"refusing to replace {str(out)!r}: it does not hold a semi-supervised experiment"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    legacy = resume and ((out / "table.md").is_file() or any(out.glob("L*/seed*/result.json")))
+    if not is_marked(out, EXPERIMENT_MARKER) and not legacy:
+        raise RunDirError(
+            f"refusing to {'replace' if force else 'resume'} {str(out)!r}: it is not a ppvae "
+            f"experiment folder (it has no {EXPERIMENT_MARKER} marker, which ppvae writes into "
+            "the experiment folders it makes)"
+        )
+    check_no_links(out, "experiment folder")
+
+
+def _run_cells(spec, labels, seed_list, cell_specs, out, baseline, resume, progress, log):
+    """Train (or, on resume, reuse) every cell; the tables of runs are rewritten after each."""
     cells: list[CellResult] = []
     for n in labels:
         for s in seed_list:
             cell_dir = out / f"L{n}" / f"seed{s}"
             cell = _load_cell(cell_dir, cell_specs[(n, s)].digest(), baseline) if resume else None
             if cell is None:
+                if (cell_dir / "m2").is_dir() and not is_marked(cell_dir / "m2", RUN_MARKER):
+                    remove_tree(cell_dir / "m2")  # a cell of an older ppvae, in our folder
                 cell = run_cell(
                     spec, n, s, cell_dir, baseline=baseline, force=True, progress=progress
                 )
@@ -393,6 +446,7 @@ def run_semisupervised(
                     f"({cell.epochs} epochs, {cell.wall_s:.0f} s)"
                 )
             _write_runs(cells, out)
+    return cells
     rows = summarize(cells)
     files = write_tables(rows, out, spec=spec)
     files.append(out / "runs.csv")
@@ -449,11 +503,12 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, *, spec: Spec) -> li
         for key in ("kingma_m2", "pyro_tutorial", "kingma_m1m2"):
             row[key] = published.get(key)
     csv_path = out_dir / "table.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k), 4) for k in TABLE_COLUMNS})
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k), 4) for k in TABLE_COLUMNS})
+    write_text_atomic(csv_path, handle.getvalue())
     m = spec.model
     lines = [
         f"# Semi-supervised test accuracy (%): M2 on {spec.data.kind}",
@@ -485,14 +540,15 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, *, spec: Spec) -> li
             f"{_fmt(row['baseline_wall_s'], 0) or '—'} |"
         )
     md_path = out_dir / "table.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return [md_path, csv_path]
 
 
 def _write_runs(cells: Sequence[CellResult], out_dir: Path) -> None:
-    with (out_dir / "runs.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RUN_COLUMNS)
-        writer.writeheader()
-        for cell in cells:
-            values = asdict(cell)
-            writer.writerow({k: _fmt(values[k], 4) for k in RUN_COLUMNS})
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=RUN_COLUMNS)
+    writer.writeheader()
+    for cell in cells:
+        values = asdict(cell)
+        writer.writerow({k: _fmt(values[k], 4) for k in RUN_COLUMNS})
+    write_text_atomic(out_dir / "runs.csv", handle.getvalue())

@@ -11,6 +11,7 @@ import torch
 from ppvae.checkpoint import load_checkpoint
 from ppvae.errors import CheckpointError, DataError, PpvaeError, RunDirError
 from ppvae.run import default_run_dir, load_run, model_inputs, train_spec
+from ppvae.rundir import spec_fingerprint
 from ppvae.spec import dump_spec, parse_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,6 +52,8 @@ def test_train_spec_writes_a_run_folder(trained):
     spec, run, history = trained
     path = run.path
     assert sorted(p.name for p in path.iterdir()) == [
+        ".ppvae-lock",
+        ".ppvae-run",
         "checkpoints",
         "figures",
         "metrics.jsonl",
@@ -66,7 +69,9 @@ def test_train_spec_writes_a_run_folder(trained):
         data = (path / "figures" / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, name
     last = load_checkpoint(path / "checkpoints" / "last.pt")
-    assert last["spec"] == spec.to_dict() and last["spec_digest"] == spec.digest()
+    # the stored digest covers what a resumed run may not change (ppvae.rundir)
+    assert last["spec"] == spec.to_dict()
+    assert last["spec_digest"] == spec_fingerprint(spec.to_dict())
     assert last["epoch"] == 2
 
 
@@ -185,9 +190,11 @@ def test_load_run_refuses_a_checkpoint_of_another_model(trained, tmp_path):
         {"data": {"binarize": "dynamic"}, "model": {"latent_dim": 3, "hidden": [16]}}
     )
     (copy / "spec.toml").write_text(dump_spec(other))
-    with pytest.raises(CheckpointError, match="does not match the model") as err:
+    # an edited spec.toml is refused before the weights are tried (contract 7)
+    with pytest.raises(CheckpointError, match="differs from the spec its checkpoint") as err:
         load_run(copy)
     one_sentence(err.value)
+    assert "model.latent_dim (2 -> 3)" in str(err.value)
     (copy / "checkpoints" / "best.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_run(copy)
@@ -199,6 +206,8 @@ def test_resume_continues_and_refuses_another_spec(tmp_path):
     _run, history = train_spec(tiny_spec(epochs=2), run_dir, resume=True)
     assert history["epoch"] == [1, 2]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(CheckpointError, match="different spec") as err:
-        train_spec(tiny_spec(epochs=3, lr=0.01), run_dir, resume=True)
+    # optimization settings may change on resume (issue 14, finding 16); the model may not
+    with pytest.raises(CheckpointError, match="differs from the one its checkpoint") as err:
+        train_spec(tiny_spec(epochs=3, seed=5), run_dir, resume=True)
     one_sentence(err.value)
+    assert "train.seed (0 -> 5)" in str(err.value)
