@@ -48,7 +48,7 @@ from ppvae.checkpoint import load_checkpoint  # noqa: E402
 from ppvae.data import Split  # noqa: E402
 from ppvae.evaluate import evaluate_run  # noqa: E402
 from ppvae.infer.callbacks import Callback  # noqa: E402
-from ppvae.infer.train import resolve_device  # noqa: E402
+from ppvae.infer.config import resolve_device  # noqa: E402
 from ppvae.run import Run, load_run, train_spec  # noqa: E402
 from ppvae.spec import Spec, load_spec  # noqa: E402
 

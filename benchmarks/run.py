@@ -72,7 +72,7 @@ STEPS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)
 IWAE_K = 50
 SPEC = _common.REPO / "models" / "vae_bmnist.toml"
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-TORCH_ADAM_FOREACH = True  # what ppvae.infer.train._make_optimizer passes for adam
+TORCH_ADAM_FOREACH = True  # what ppvae.infer.step.make_optimizer passes for adam
 TARGETS = {"elbo": 1.10, "iwae50": 1.20, "evaluation": 1.20}
 QUICK_MEMORY = ("elbo/ppvae", "elbo/torch", "evaluation/ppvae")
 
@@ -145,13 +145,10 @@ class PpvaeRunner:
 
     label = "ppvae fit"
 
-    def __init__(
-        self, model, guide, states, particles: int, device: torch.device, fast_path: bool = True
-    ) -> None:
+    def __init__(self, model, guide, states, particles: int, device: torch.device) -> None:
         from ppvae.infer.objectives import OBJECTIVES
 
         self.model, self.guide, self.states, self.device = model, guide, states, device
-        self.fast_path = fast_path
         self.objective = (
             "elbo" if particles == 1 else OBJECTIVES.get("iwae")(num_particles=particles)
         )
@@ -174,7 +171,6 @@ class PpvaeRunner:
             device=self.device,
             seed=seed,
             progress=False,
-            fast_path=self.fast_path,
         )
         _common.synchronize(self.device)
         call = time.perf_counter() - start
@@ -262,7 +258,7 @@ def make_runner(name: str, particles: int, states, device, model=None, guide=Non
     if name in ("ppvae", "ppvae_traced"):  # traced: through Pyro's Trace_ELBO, as user programs
         if model is None:
             model, guide = build_ppvae_pair()
-        return PpvaeRunner(model, guide, states, particles, device, fast_path=name == "ppvae")
+        return PpvaeRunner(model, guide, states, particles, device)
     if name == "torch":
         return TorchRunner(states, particles, device)
     if name == "pyro_svi":
@@ -688,7 +684,8 @@ def main(argv=None) -> int:
     import importance as isbench
     import pyro
 
-    from ppvae.infer.train import _make_optimizer
+    from ppvae.infer.config import TrainConfig
+    from ppvae.infer.step import make_optimizer
     from ppvae.run import build
     from ppvae.spec import load_spec
 
@@ -703,7 +700,7 @@ def main(argv=None) -> int:
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "guide": {k: v.detach().clone() for k, v in guide.state_dict().items()},
     }
-    probe = _make_optimizer("adam", [torch.zeros(1, requires_grad=True)], LR, 0.0, device)
+    probe = make_optimizer(None, [torch.zeros(1, requires_grad=True)], TrainConfig(lr=LR))
     ppvae_foreach = probe.defaults.get("foreach")
     if ppvae_foreach != TORCH_ADAM_FOREACH:
         print(

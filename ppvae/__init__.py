@@ -2,7 +2,7 @@
 
 Write a model ``p(z) p(x|z)`` and an amortized guide ``q(z|x)`` as ordinary Pyro programs
 (``nn.Module``\\ s whose ``forward`` calls ``pyro.sample``, data in the plate ``"data"``);
-ppvae trains them (:func:`fit`), estimates ``log p(x)`` per data point by importance
+ppvae trains them (:func:`fit`, or :func:`init` and :func:`step` in your own loop), estimates ``log p(x)`` per data point by importance
 sampling with diagnostics (:func:`log_marginal_likelihood`), and runs declarative specs
 of its model zoo (:func:`load_spec`, :func:`train_spec`, the ``ppvae`` command).
 """
@@ -18,16 +18,22 @@ from ppvae.errors import (
     TrainingError,
 )
 from ppvae.infer.callbacks import Callback
+from ppvae.infer.config import TrainConfig
 from ppvae.infer.importance import ImportanceResult, log_marginal_likelihood
 from ppvae.infer.objectives import OBJECTIVES, Objective, build_objective
-from ppvae.infer.train import History, fit
+from ppvae.infer.step import History, TrainState, init, step
+from ppvae.infer.train import fit
 from ppvae.run import Run, load_run, train_spec
 from ppvae.spec import Spec, load_spec, parse_spec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "init",
+    "step",
     "fit",
+    "TrainConfig",
+    "TrainState",
     "History",
     "Callback",
     "log_marginal_likelihood",

@@ -50,7 +50,9 @@ from ppvae.checkpoint import check_train_state, load_checkpoint
 from ppvae.data import DataBundle, Split
 from ppvae.errors import CheckpointError, RunDirError, SpecChangedError, SpecError
 from ppvae.infer.callbacks import Callback
-from ppvae.infer.train import History, fit, resolve_device, seeded
+from ppvae.infer.config import resolve_device
+from ppvae.infer.rng import seeded
+from ppvae.infer.train import History, fit
 from ppvae.models.abilities import Generates, Reconstructs
 from ppvae.models.base import ModelContext, PretrainedRun
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions

@@ -49,7 +49,7 @@ import torch
 
 from ppvae.data import DataBundle, labelled_part
 from ppvae.errors import RunDirError, SpecError
-from ppvae.infer.train import seeded
+from ppvae.infer.rng import seeded
 from ppvae.models.abilities import LabelSubset
 from ppvae.rundir import (
     EXPERIMENT_MARKER,

@@ -35,6 +35,7 @@ import tomli_w
 from ppvae.data import DATASETS, DataConfig
 from ppvae.errors import SpecError
 from ppvae.guides import GUIDES, GuideConfig
+from ppvae.infer.config import TrainConfig
 from ppvae.infer.objectives import OBJECTIVES, ObjectiveConfig
 from ppvae.likelihoods import LIKELIHOODS, LikelihoodConfig
 from ppvae.models import MODELS, ModelConfig
@@ -58,55 +59,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The ``[train]`` section: how :func:`ppvae.fit` runs.
-
-    Attributes:
-        epochs: passes over the training data.
-        batch_size: data points per step.
-        lr: learning rate.
-        optimizer: ``adam``, ``adamw`` or ``sgd``.
-        weight_decay: L2 penalty (decoupled for adamw).
-        clip_norm: clip the global gradient norm to this value (0: off).
-        kl_warmup_epochs: scale the latent terms by a weight rising linearly from 0 to 1
-            over this many epochs (0: off; ELBO objectives only).
-        early_stopping: stop after this many epochs without a better validation ELBO
-            (0: off).
-        seed: seed of every random number generator the run uses.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        on_nan: ``stop`` (raise, naming epoch and step) or ``skip`` (drop the step).
-        progress: show a progress bar.
-        deterministic: use PyTorch's deterministic algorithms (``--deterministic``); on
-            CPU training is deterministic already, on GPU this trades speed for it.
-    """
-
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    clip_norm: float = 0.0
-    kl_warmup_epochs: int = 0
-    early_stopping: int = 0
-    seed: int = 0
-    device: str = "auto"
-    on_nan: Literal["stop", "skip"] = "stop"
-    progress: bool = True
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise SpecError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise SpecError(f"train.lr must be positive, got {self.lr}")
-        for key in ("weight_decay", "clip_norm", "kl_warmup_epochs", "early_stopping"):
-            if not getattr(self, key) >= 0:  # refuses NaN too
-                raise SpecError(f"train.{key} must be non-negative, got {getattr(self, key)}")
-        _check_device(self.device, "train.device")
-
-
-@dataclass(frozen=True)
 class EvaluateConfig:
     """The ``[evaluate]`` section: defaults of ``ppvae evaluate``.
 
@@ -124,12 +76,6 @@ class EvaluateConfig:
         for key in ("num_samples", "batch_size"):
             if getattr(self, key) < 1:
                 raise SpecError(f"evaluate.{key} must be at least 1, got {getattr(self, key)}")
-
-
-def _check_device(device: str, where: str) -> None:
-    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-    if not ok:
-        raise SpecError(f"{where} must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 #: Swappable sections: name -> (registry, default kind).
@@ -375,21 +321,13 @@ class ObjectiveCapabilities:
 
 
 def objective_capabilities(config: ObjectiveConfig) -> ObjectiveCapabilities:
-    """The capabilities of an ``[objective]`` config.
-
-    ``enumerates`` is what the built :class:`~ppvae.infer.objectives.Objective` declares.
-    A config that declares ``supports_kl_warmup`` / ``needs_guide_log_prob_anywhere``
-    itself is read as declared; the kinds that do not yet are given their values here
-    (to move onto the objective configs).
-    """
-    enumerates = bool(config.build().enumerates)
-    warmup = getattr(config, "supports_kl_warmup", None)
-    if warmup is None:
-        warmup = config.kind in ("elbo", "meanfield_elbo")
-    anywhere = getattr(config, "needs_guide_log_prob_anywhere", None)
-    if anywhere is None:
-        anywhere = getattr(config, "estimator", "reparam") in ("stl", "dreg")
-    return ObjectiveCapabilities(enumerates, bool(warmup), bool(anywhere))
+    """The capabilities an ``[objective]`` config declares (see
+    :class:`~ppvae.infer.objectives.ObjectiveConfig`)."""
+    return ObjectiveCapabilities(
+        bool(config.enumerates),
+        bool(config.supports_kl_warmup),
+        bool(config.needs_guide_log_prob_anywhere),
+    )
 
 
 def _check_combination(spec: Spec) -> None:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from ppvae.checkpoint import load_checkpoint
 from ppvae.distributed import DistInfo
-from ppvae.infer.train import _shuffled_batches
+from ppvae.infer.batches import shuffled
 from ppvae.run import train_spec
 from ppvae.spec import load_spec
 
@@ -67,7 +67,7 @@ def test_rank_parts_make_up_the_single_process_batch(n, batch_size, world):
 
     def batches(dinfo):
         generator = torch.Generator().manual_seed(3)
-        return list(_shuffled_batches((x, y), batch_size, generator, torch.device("cpu"), dinfo))
+        return list(shuffled((x, y), batch_size, generator, torch.device("cpu"), dinfo))
 
     single = batches(None)
     parts = [batches(DistInfo(rank=r, world_size=world, local_rank=r)) for r in range(world)]

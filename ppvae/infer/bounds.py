@@ -69,7 +69,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,18 +79,24 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 
 from ppvae.errors import SpecError
-from ppvae.infer.importance import (
-    _data_scale,
-    _in_plate,
-    _pad,
-    _ParticlePlate,
-    _reduce_local,
-    _scored_sites,
-    _site_log_prob,
-    _vectorized_traces,
-    _weight_terms,
+from ppvae.infer.objectives import (
+    OBJECTIVES,
+    Objective,
+    ObjectiveConfig,
+    ObjectiveContext,
+    check_num_particles,
 )
-from ppvae.infer.objectives import OBJECTIVES, Objective, ObjectiveConfig
+from ppvae.infer.traces import (
+    ParticlePlate,
+    data_scale,
+    in_plate,
+    pad,
+    reduce_local,
+    scored_sites,
+    site_log_prob,
+    vectorized_traces,
+    weight_terms,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -104,11 +109,6 @@ __all__ = [
 
 #: Gradient estimators of :class:`RenyiBound`.
 ESTIMATORS = ("reparam", "stl", "dreg")
-
-
-def _check_particles(num_particles) -> None:
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise SpecError(f"objective.num_particles must be an integer >= 1, got {num_particles!r}")
 
 
 def _check_estimator(estimator) -> None:
@@ -135,8 +135,8 @@ def _local_sum(trace, names: set[str], layout, plate: str, sign: float = 1.0):
     total = 0.0
     for name in names:
         site = trace.nodes[name]
-        lp = _pad(_site_log_prob(site, scaled=False), layout.rank, name)
-        total = total + sign * _reduce_local(lp, layout)
+        lp = pad(site_log_prob(site, scaled=False), layout.rank, name)
+        total = total + sign * reduce_local(lp, layout)
     return total
 
 
@@ -149,7 +149,8 @@ class RenyiBound(Objective):
         alpha: the order :math:`\alpha \ge 0`.
         num_particles: :math:`K`, drawn vectorized in a particle plate.
         estimator: ``"reparam"``, ``"stl"`` or ``"dreg"`` (see the module docstring).
-        plate: name of the data plate.
+        plate: name of the data plate (default: the context's, see
+            :meth:`~ppvae.infer.objectives.Objective.with_context`).
 
     Example:
         >>> import torch, pyro, pyro.distributions as dist
@@ -174,15 +175,16 @@ class RenyiBound(Objective):
         num_particles: int = 5,
         estimator: str = "reparam",
         *,
-        plate: str = "data",
+        plate: str | None = None,
     ) -> None:
         _check_alpha(alpha)
-        _check_particles(num_particles)
+        check_num_particles(num_particles)
         _check_estimator(estimator)
         self.alpha = float(alpha)
         self.num_particles = num_particles
         self.estimator = estimator
-        self.plate = plate
+        if plate is not None:
+            self.context = ObjectiveContext(plate=plate)
         self._nesting: int | None = None
 
     def __repr__(self) -> str:
@@ -207,15 +209,15 @@ class RenyiBound(Objective):
 
     def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         k = self.num_particles
-        model_trace, guide_trace, layout = _vectorized_traces(
+        model_trace, guide_trace, layout = vectorized_traces(
             model,
             guide,
             args,
             kwargs,
             num_particles=k,
-            plate=self.plate,
+            plate=self.context.plate,
             nesting=self._nesting,
-            only_within=self.plate,
+            only_within=self.context.plate,
         )
         self._nesting = layout.max_plate_nesting
         for name, site in guide_trace.nodes.items():
@@ -225,12 +227,12 @@ class RenyiBound(Objective):
                     f"reparameterizable; the {self._kind()} objective needs rsample at every "
                     f"guide site (use an ELBO objective for discrete latents)"
                 )
-        local, glob = _weight_terms(
-            model_trace, guide_trace, layout, self.plate, scaled_globals=True
+        local, glob = weight_terms(
+            model_trace, guide_trace, layout, self.context.plate, scaled_globals=True
         )
         points = local.shape[1]
         log_w = local.expand(k, points)
-        scale = _data_scale(model_trace, layout, self.plate)
+        scale = data_scale(model_trace, layout, self.context.plate)
         glob = glob.sum()
         value = (scale * self._bound(log_w)).sum() + glob
         if self.estimator == "reparam":
@@ -247,12 +249,12 @@ class RenyiBound(Objective):
 
     def _surrogate(self, model, guide, args, kwargs, model_trace, guide_trace, layout, log_w):
         """Per-point surrogate (B,) whose gradient is the stl / dreg estimate."""
-        plate = self.plate
+        plate = self.context.plate
         k = log_w.shape[0]
         local_guide = {
             name
             for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and _in_plate(site, plate)
+            if site["type"] == "sample" and not site["is_observed"] and in_plate(site, plate)
         }
         # values with the local latents detached, the global ones live
         values: dict[str, torch.Tensor] = {
@@ -271,8 +273,8 @@ class RenyiBound(Objective):
         # from sum_k c_k (log w_stl - log p(x, z_bar)) with c = alpha v + (1 - alpha) v^2
         scored = {
             site["name"]
-            for site, _, is_guide in _scored_sites(model_trace, guide_trace)
-            if not is_guide and _in_plate(site, plate)
+            for site, _, is_guide in scored_sites(model_trace, guide_trace)
+            if not is_guide and in_plate(site, plate)
         }
         model_values = dict(values)
         for name, site in model_trace.nodes.items():
@@ -287,7 +289,7 @@ class RenyiBound(Objective):
 def _conditioned_trace(fn, values: Mapping[str, torch.Tensor], args, kwargs, k, layout, plate):
     """Trace of ``fn`` with its sample sites fixed to ``values``, in the same particle
     layout as the main traces; log-probs computed."""
-    with _ParticlePlate(k, layout.particle_dim, only_within=plate):
+    with ParticlePlate(k, layout.particle_dim, only_within=plate):
         trace = poutine.trace(poutine.condition(fn, data=dict(values))).get_trace(*args, **kwargs)
     trace = prune_subsample_sites(trace)
     trace.compute_log_prob()
@@ -300,8 +302,8 @@ class PyroRenyi(Objective):
     :meth:`loss_and_grads` calls ``RenyiELBO.loss_and_grads`` (which runs ``backward``)
     and returns the loss as a detached tensor; :meth:`loss` returns ``RenyiELBO.loss`` as
     a tensor without gradient. Pyro only backpropagates when its traces hold ``param``
-    sites, i.e. when the model or guide is a ``PyroModule`` or calls ``pyro.param``;
-    plain ``nn.Module`` pairs are refused (use kind ``renyi``). Pyro computes the weights
+    sites (a ``PyroModule``, ``pyro.module`` or ``pyro.param``); a pair without any gives
+    no gradient and is refused by :func:`ppvae.init` (use kind ``renyi``). Pyro computes the weights
     per data point when every site is in the data plate; with global latents it weights
     the whole batch jointly. Pyro uses the *scaled* log-densities inside the log-sum-exp,
     so under minibatch scaling its loss is not the scaled bound (kind ``renyi`` is).
@@ -316,35 +318,11 @@ class PyroRenyi(Objective):
     def __repr__(self) -> str:
         return f"PyroRenyi(alpha={self.elbo.alpha}, num_particles={self.elbo.num_particles})"
 
-    @staticmethod
-    def _check(model, guide) -> None:
-        from pyro.nn import PyroModule
-
-        fns = (model, guide)
-        if any(isinstance(fn, PyroModule) for fn in fns):
-            return
-        if any(
-            isinstance(fn, torch.nn.Module) and any(True for _ in fn.parameters()) for fn in fns
-        ):
-            raise SpecError(
-                "objective pyro_renyi needs a PyroModule model or guide (Pyro's RenyiELBO "
-                "only backpropagates into parameters it sees as param sites); use kind "
-                "'renyi' for plain nn.Module pairs"
-            )
-
     def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return torch.as_tensor(float(self.elbo.loss(model, guide, *args, **kwargs)))
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        self._check(_unwrapped(model), _unwrapped(guide))
         return torch.as_tensor(float(self.elbo.loss_and_grads(model, guide, *args, **kwargs)))
-
-
-def _unwrapped(fn):
-    """The callable inside Pyro handler wrappers (``poutine.scale(fn)`` and the like)."""
-    while isinstance(fn, functools.partial) and fn.args:
-        fn = fn.args[-1]
-    return fn
 
 
 @OBJECTIVES.register("iwae")
@@ -360,8 +338,12 @@ class IwaeConfig(ObjectiveConfig):
     estimator: str = "reparam"
 
     def __post_init__(self) -> None:
-        _check_particles(self.num_particles)
+        check_num_particles(self.num_particles)
         _check_estimator(self.estimator)
+
+    @property
+    def needs_guide_log_prob_anywhere(self) -> bool:
+        return self.estimator in ("stl", "dreg")
 
     def build(self) -> Objective:
         return RenyiBound(alpha=0.0, num_particles=self.num_particles, estimator=self.estimator)
@@ -379,8 +361,12 @@ class RenyiConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         _check_alpha(self.alpha)
-        _check_particles(self.num_particles)
+        check_num_particles(self.num_particles)
         _check_estimator(self.estimator)
+
+    @property
+    def needs_guide_log_prob_anywhere(self) -> bool:
+        return self.estimator in ("stl", "dreg")
 
     def build(self) -> Objective:
         return RenyiBound(
@@ -400,7 +386,7 @@ class PyroRenyiConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         _check_alpha(self.alpha, allow_one=False)
-        _check_particles(self.num_particles)
+        check_num_particles(self.num_particles)
 
     def build(self) -> Objective:
         return PyroRenyi(

@@ -55,18 +55,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import prune_subsample_sites
 
-from ppvae.errors import DataError, PpvaeError, SpecError
+from ppvae.errors import DataError
 from ppvae.infer.diagnostics import _stderr_from_ess, psis_khat
+from ppvae.infer.traces import data_errors, eval_mode, shape_text, vectorized_traces, weight_terms
 
 __all__ = ["ImportanceResult", "log_marginal_likelihood", "DEFAULT_MAX_KHAT_SAMPLES"]
 
@@ -75,7 +70,6 @@ DEFAULT_MAX_KHAT_SAMPLES = 5000
 #: Default bound on ``batch_size * chunk_size`` (particle-points per vectorized trace).
 _DEFAULT_TRACE_POINTS = 2**15
 _DEFAULT_BATCH_SIZE = 128
-_PARTICLES = "_ppvae_particles"
 
 
 # --------------------------------------------------------------------------------------
@@ -172,265 +166,6 @@ class ImportanceResult:
         )
 
 
-# --------------------------------------------------------------------------------------
-# Trace machinery shared with ppvae.infer.bounds
-# --------------------------------------------------------------------------------------
-
-
-class _ParticlePlate(pyro.plate):
-    """A plate over particles, left of every plate of the program.
-
-    With ``only_within`` set, only sites inside the plate of that name are replicated over
-    particles; the others (global latents) are drawn once and shared by all particles.
-    """
-
-    def __init__(self, size: int, dim: int, only_within: str | None = None) -> None:
-        super().__init__(_PARTICLES, size, dim=dim)
-        self._only_within = only_within
-
-    def _process_message(self, msg) -> None:
-        if self._only_within is not None and not any(
-            frame.name == self._only_within for frame in msg["cond_indep_stack"]
-        ):
-            return
-        super()._process_message(msg)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where things are in the batch shapes of a program's sites."""
-
-    max_plate_nesting: int  # plates of the program (without the particle plate)
-    data_dim: int  # negative dim of the data plate
-
-    @property
-    def particle_dim(self) -> int:
-        return -(self.max_plate_nesting + 1)
-
-    @property
-    def rank(self) -> int:
-        """Batch rank of a site under the particle plate."""
-        return self.max_plate_nesting + 1
-
-
-def _shape_text(args: Sequence) -> str:
-    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-    return ", ".join(str(s) for s in shapes) if shapes else "no tensors"
-
-
-@contextmanager
-def _data_errors(args: Sequence) -> Iterator[None]:
-    """Turn an error raised inside model or guide into a one-sentence DataError."""
-    try:
-        yield
-    except PpvaeError:
-        raise
-    except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DataError(
-            f"data of shape {_shape_text(args)} does not fit the model or guide "
-            f"({type(error).__name__}: {detail})"
-        ) from error
-
-
-def _traces(model, guide, args, kwargs, particle_plate: pyro.plate | None):
-    """Guide trace and model trace replayed on it, with log-probs computed."""
-    with particle_plate if particle_plate is not None else nullcontext():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    return model_trace, guide_trace
-
-
-def _nesting(traces) -> int:
-    """How many batch dims the plates (and batch shapes) of the traces' sites take,
-    not counting the particle plate."""
-    nesting = 0
-    for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            frames = site["cond_indep_stack"]
-            particles = any(frame.name == _PARTICLES for frame in frames)
-            nesting = max(nesting, len(site["fn"].batch_shape) - particles)
-            for frame in frames:
-                if frame.vectorized and frame.dim is not None and frame.name != _PARTICLES:
-                    nesting = max(nesting, -frame.dim)
-    return nesting
-
-
-def _data_frame(traces, plate: str, args: Sequence):
-    """The frame of the data plate; a SpecError when there is none or it is mis-sized."""
-    frame = next(
-        (
-            f
-            for trace in traces
-            for site in trace.nodes.values()
-            if site["type"] == "sample"
-            for f in site["cond_indep_stack"]
-            if f.name == plate
-        ),
-        None,
-    )
-    if frame is None or frame.dim is None:
-        raise SpecError(
-            f"no sample site of the model or guide is inside a vectorized plate named "
-            f"{plate!r}; observe the data in pyro.plate({plate!r}, batch_size) or pass plate="
-        )
-    batch = next((a.shape[0] for a in args if isinstance(a, torch.Tensor) and a.dim()), None)
-    if batch is not None and frame.size != batch:
-        raise SpecError(
-            f"plate {plate!r} has size {frame.size} but the batch holds {batch} data "
-            f"points; size the data plate by the batch (x.shape[0])"
-        )
-    return frame
-
-
-def _guess_nesting(model, guide, args, kwargs) -> int:
-    """Trace model and guide once, without particles, to count their plate dims (leaving
-    the random number generators as they were)."""
-    cuda = sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
-    with torch.random.fork_rng(devices=cuda), poutine.block():
-        return _nesting(_traces(model, guide, args, kwargs, None))
-
-
-def _vectorized_traces(
-    model,
-    guide,
-    args,
-    kwargs,
-    *,
-    num_particles: int,
-    plate: str,
-    nesting: int | None = None,
-    only_within: str | None = None,
-):
-    """Model and guide traces with ``num_particles`` particles in a plate left of every
-    plate of the program; returns ``(model_trace, guide_trace, layout)``.
-
-    ``nesting`` is a guess of the program's plate nesting (e.g. from the last call); it
-    is checked against the traces and re-guessed (one extra run) when wrong or ``None``.
-    """
-    for attempt in range(2):
-        if nesting is None:
-            nesting = _guess_nesting(model, guide, args, kwargs)
-        particles = _ParticlePlate(num_particles, -(nesting + 1), only_within)
-        try:
-            traces = _traces(model, guide, args, kwargs, particles)
-        except ValueError as error:
-            if attempt == 0 and "collide at dim" in str(error):
-                nesting = None
-                continue
-            raise
-        if _nesting(traces) <= nesting:
-            frame = _data_frame(traces, plate, args)
-            return (*traces, _Layout(max_plate_nesting=nesting, data_dim=frame.dim))
-        nesting = None
-    raise RuntimeError("could not place the particle plate left of the program's plates")
-
-
-def _site_log_prob(site, scaled: bool) -> torch.Tensor:
-    if scaled:
-        return site["log_prob"]
-    return scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
-
-
-def _pad(tensor: torch.Tensor, rank: int, name: str) -> torch.Tensor:
-    if not isinstance(tensor, torch.Tensor):
-        tensor = torch.as_tensor(tensor)
-    if tensor.dim() > rank:
-        raise SpecError(
-            f"site {name!r} has batch shape {tuple(tensor.shape)}, more dims than its plates "
-            f"declare; declare batch dims with pyro.plate or move them to the event "
-            f"with .to_event()"
-        )
-    return tensor.reshape((1,) * (rank - tensor.dim()) + tuple(tensor.shape))
-
-
-def _in_plate(site, name: str) -> bool:
-    return any(frame.name == name for frame in site["cond_indep_stack"])
-
-
-def _scored_sites(model_trace, guide_trace):
-    """(site, sign, is_guide) for the sites that enter the log weight."""
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        if not site["is_observed"] and name not in guide_trace.nodes:
-            continue  # drawn from its prior: p / p drops out of the weight
-        yield site, 1.0, False
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"]:
-            yield site, -1.0, True
-
-
-def _reduce_local(lp: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """Sum a padded log-prob over every axis but the particle and data axes: (P|1, B|1)."""
-    data_axis = layout.rank + layout.data_dim
-    axes = [a for a in range(1, layout.rank) if a != data_axis]
-    out = lp.sum(axes) if axes else lp
-    return out.reshape(lp.shape[0], lp.shape[data_axis])
-
-
-def _reduce_global(lp: torch.Tensor) -> torch.Tensor:
-    """Sum a padded log-prob over every axis but the particle axis: (P|1,)."""
-    return lp.reshape(lp.shape[0], -1).sum(-1)
-
-
-def _data_scale(model_trace, layout: _Layout, plate: str):
-    """The scale of the data-plate sites (that of an observed one, which KL warm-up leaves
-    alone): a number or a ``(B,)`` tensor."""
-    sites = [
-        site
-        for site in model_trace.nodes.values()
-        if site["type"] == "sample" and _in_plate(site, plate)
-    ]
-    sites.sort(key=lambda site: not site["is_observed"])
-    if not sites:
-        return 1.0
-    site = sites[0]
-    scale = site["scale"]
-    if isinstance(scale, torch.Tensor):
-        if scale.numel() == 1:
-            return scale.reshape(())
-        scale = _pad(scale, layout.rank, site["name"])
-        index = [0] * layout.rank
-        index[layout.rank + layout.data_dim] = slice(None)
-        return scale[tuple(index)]
-    return float(scale)
-
-
-def _weight_terms(
-    model_trace, guide_trace, layout: _Layout, plate: str, *, scaled_globals: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Per-point local and global log-weight terms.
-
-    Returns ``local`` of shape ``(P|1, B|1)``: the unscaled :math:`\log p - \log q` of the
-    data-plate sites, and ``glob`` of shape ``(P|1,)``: that of the other sites (scaled
-    by their own scale when ``scaled_globals``). Shapes broadcast.
-    """
-    local = torch.zeros(1, 1)
-    glob = torch.zeros(1)
-    first = True
-    for site, sign, _ in _scored_sites(model_trace, guide_trace):
-        in_data = _in_plate(site, plate)
-        lp = _site_log_prob(site, scaled=scaled_globals and not in_data)
-        lp = _pad(lp, layout.rank, site["name"])
-        if first:
-            local, glob = local.to(lp), glob.to(lp)
-            first = False
-        if in_data:
-            local = local + sign * _reduce_local(lp, layout)
-        else:
-            glob = glob + sign * _reduce_global(lp)
-    return local, glob
-
-
 def _as_args(data) -> tuple:
     if isinstance(data, torch.Tensor):
         return (data,)
@@ -447,34 +182,16 @@ def _num_points(args: tuple) -> int:
     if not sizes:
         raise DataError(
             f"data must hold at least one tensor with the data points on dim 0, "
-            f"got shapes {_shape_text(args)}"
+            f"got shapes {shape_text(args)}"
         )
     if len(sizes) > 1:
         raise DataError(
-            f"the data tensors disagree on the number of data points: shapes {_shape_text(args)}"
+            f"the data tensors disagree on the number of data points: shapes {shape_text(args)}"
         )
     (n,) = sizes
     if n == 0:
         raise DataError("data holds no data points (dim 0 has size 0)")
     return n
-
-
-@contextmanager
-def _eval_mode(*fns) -> Iterator[None]:
-    """Put every nn.Module among ``fns`` (and its submodules) in eval mode, then restore."""
-    saved = [
-        (module, module.training)
-        for fn in fns
-        if isinstance(fn, torch.nn.Module)
-        for module in fn.modules()
-    ]
-    try:
-        for module, _ in saved:
-            module.training = False
-        yield
-    finally:
-        for module, mode in saved:
-            module.training = mode
 
 
 def _check_positive(name: str, value, allow_none: bool = False) -> None:
@@ -604,7 +321,7 @@ def log_marginal_likelihood(
     outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": [], "khat": []}
     layout = None
     starts = range(0, n, batch_size)
-    with torch.no_grad(), _eval_mode(model, guide):
+    with torch.no_grad(), eval_mode(model, guide):
         for start in tqdm(
             starts,
             disable=None if progress else True,
@@ -619,11 +336,11 @@ def log_marginal_likelihood(
                 for a in args
             )
             points = min(batch_size, n - start)
-            with _data_errors(batch):
+            with data_errors(batch):
                 acc = None
                 for c0 in range(0, num_samples, chunk_size):
                     chunk = min(chunk_size, num_samples - c0)
-                    model_trace, guide_trace, layout = _vectorized_traces(
+                    model_trace, guide_trace, layout = vectorized_traces(
                         model,
                         guide,
                         batch,
@@ -632,7 +349,7 @@ def log_marginal_likelihood(
                         plate=plate,
                         nesting=None if layout is None else layout.max_plate_nesting,
                     )
-                    local, glob = _weight_terms(
+                    local, glob = weight_terms(
                         model_trace, guide_trace, layout, plate, scaled_globals=False
                     )
                     log_w = (local + glob[:, None]).expand(chunk, points)

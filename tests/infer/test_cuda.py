@@ -191,7 +191,8 @@ def test_deterministic_cuda_runs_are_bit_identical_across_processes(tmp_path):
 def test_validation_and_seeded_blocks_leave_the_gpu_random_stream_alone(ppca):
     """``mean_elbo`` seeds its draws; the training stream on the GPU must go on as it was
     (were it re-seeded, every epoch would repeat the previous one's noise)."""
-    from ppvae.infer.train import mean_elbo, seeded
+    from ppvae.infer.rng import seeded
+    from ppvae.infer.train import mean_elbo
 
     model, guide = _LinearModel(ppca.d, ppca.k).cuda(), _LinearGuide(ppca.d, ppca.k).cuda()
     x = ppca.sample(100).cuda()

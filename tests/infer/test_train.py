@@ -8,6 +8,7 @@ Gaussian with a mean linear in x and a constant covariance.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -24,6 +25,9 @@ from ppvae.checkpoint import load_checkpoint
 from ppvae.errors import DataError, SpecError, TrainingError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.train import fit, mean_elbo
+
+#: An optimizer that leaves the weights as they are (to measure losses at fixed weights).
+FROZEN = functools.partial(torch.optim.SGD, lr=0.0)
 
 D, K = 3, 1
 W_TRUE = torch.tensor([[2.0], [-1.0], [0.5]])
@@ -136,7 +140,9 @@ def test_losses_are_per_data_point_and_valid_elbo_is_the_mean_bound():
     minus the mean log p(x) over the training data, whatever the batch size, and the
     validation ELBO is the mean log p(x) of the validation data."""
     model, guide = exact_pair()
-    history = fit(model, guide, X, valid_data=X_VALID, epochs=2, batch_size=40, lr=0.0, **FAST)
+    history = fit(
+        model, guide, X, valid_data=X_VALID, epochs=2, batch_size=40, optimizer=FROZEN, **FAST
+    )
     for loss in history["train_loss"]:
         assert loss == pytest.approx(-float(log_px(X).mean()), rel=1e-5)
     for elbo in history["valid_elbo"]:
@@ -178,7 +184,7 @@ def test_early_stopping_stops_when_the_validation_elbo_stalls():
         valid_data=X_VALID,
         epochs=6,
         batch_size=48,
-        lr=0.0,
+        optimizer=FROZEN,
         early_stopping=1,
         **FAST,
     )
@@ -193,7 +199,7 @@ def test_early_stopping_stops_when_the_validation_elbo_stalls():
         valid_data=X_VALID,
         epochs=6,
         batch_size=48,
-        lr=0.0,
+        optimizer=FROZEN,
         early_stopping=3,
         **FAST,
     )
@@ -209,7 +215,7 @@ def test_metrics_file_records_the_early_stop(tmp_path):
         valid_data=X_VALID,
         epochs=6,
         batch_size=48,
-        lr=0.0,
+        optimizer=FROZEN,
         early_stopping=1,
         out_dir=tmp_path,
         **FAST,
@@ -339,8 +345,8 @@ def test_optimizers(optimizer):
     [
         ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; allowed: adam, adamw, sgd"),
         ({"on_nan": "ignore"}, "on_nan must be 'stop' or 'skip'"),
-        ({"epochs": 0}, "epochs and batch_size must be at least 1"),
-        ({"batch_size": 0}, "epochs and batch_size must be at least 1"),
+        ({"epochs": 0}, "train.epochs must be at least 1"),
+        ({"batch_size": 0}, "train.batch_size must be at least 1"),
         ({"objective": "nope"}, "unknown objective kind 'nope'"),
         ({"device": "tpu"}, "device must be auto, cpu, cuda or cuda:N"),
     ],

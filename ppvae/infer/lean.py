@@ -1,0 +1,231 @@
+r"""Lean tracing: the ELBO of a fully reparameterized program without building traces.
+
+Pyro's ``Trace_ELBO`` records the guide in a :class:`~pyro.poutine.Trace`, replays the
+model on it, copies both traces to prune subsample sites, computes every site's
+log-density with its checks, and walks the traces again to sum them: a fixed cost of
+Python per step that is a sizeable share of a small network's step. When every guide
+site is reparameterized (``rsample``) and nothing is enumerated, the ELBO estimator is
+just
+
+.. math::
+
+    \widehat{\mathrm{ELBO}} = \frac1K \sum_{k=1}^K \Big[\sum_{s \in \text{model}}
+        c_s \log p_s(v_s) - \sum_{s \in \text{guide}} c_s \log q_s(v_s)\Big],
+
+with :math:`c_s` each site's scale and mask and :math:`v_s` the guide's draws replayed in
+the model; its gradient is the reparameterized gradient Pyro's surrogate has. A
+:class:`SiteRecorder` collects the sample sites of a run in a list (one messenger, no
+copies) and replays guide values into the model, which is all that estimator needs.
+
+:class:`LeanElbo` decides per *site layout* (the names, distribution types and roles of a
+run's sites) whether the lean estimator may be used: the first time a layout is seen it
+is computed both ways from the same random state, Pyro's ``Trace_ELBO`` with Pyro's
+validation on (model/guide match, site shapes, supports), and the two values must agree;
+once a layout has a non-reparameterized or enumerated guide site, or its values disagree,
+the objective computes everything by Pyro from then on (as it does past 256 layouts). So no program is ever given a different loss, only a
+cheaper route to the same one.
+
+Example:
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> loc = torch.zeros(3, requires_grad=True)
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(loc, 1.0))
+    >>> lean = LeanElbo(num_particles=1)
+    >>> x = torch.ones(3)
+    >>> _ = torch.manual_seed(0); first = lean(model, guide, (x,), {})   # checked against Pyro
+    >>> _ = torch.manual_seed(0); second = lean(model, guide, (x,), {})  # lean
+    >>> _ = torch.manual_seed(0); ref = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x)
+    >>> bool(torch.allclose(first, ref) and torch.allclose(second, ref)), lean.routes()
+    (True, {'lean': 1})
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import pyro
+import pyro.infer
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
+
+from ppvae.errors import PpvaeWarning
+
+__all__ = ["SiteRecorder", "LeanElbo", "record"]
+
+#: Relative tolerance of the first-run comparison with Pyro (float32 sums in two orders).
+_RTOL = 1e-5
+#: Layouts checked per objective; past this many (a program of dynamic structure) the
+#: objective computes everything by Pyro.
+_MAX_LAYOUTS = 256
+
+
+class SiteRecorder(Messenger):
+    """Collect the sample sites of one run as Pyro's messages, in order, without copies;
+    with ``replay``, unobserved sites named in it take its values (as ``poutine.replay``).
+    Subsample sites of ``pyro.plate(..., subsample=...)`` are left out (as Pyro prunes
+    them)."""
+
+    def __init__(self, replay: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.sites: list[dict[str, Any]] = []
+        self.replay = replay
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if self.replay is None or msg["type"] != "sample" or msg["is_observed"]:
+            return
+        site = self.replay.get(msg["name"])
+        if site is not None:
+            msg["value"] = site["value"]
+            msg["infer"] = site["infer"]
+            msg["done"] = True
+
+    def _postprocess_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "sample" and type(msg["fn"]).__name__ != "_Subsample":
+            self.sites.append(msg)
+
+
+def record(fn, args, kwargs, replay: dict[str, dict[str, Any]] | None = None) -> list[dict]:
+    """Run ``fn(*args, **kwargs)`` and return its sample sites (see :class:`SiteRecorder`)."""
+    with SiteRecorder(replay) as recorder:
+        fn(*args, **kwargs)
+    return recorder.sites
+
+
+def _log_prob_sum(site: dict[str, Any]) -> torch.Tensor:
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, site["scale"], site["mask"]).sum()
+
+
+def _layout(guide_sites: list[dict], model_sites: list[dict]) -> tuple:
+    """What the lean estimator's validity depends on: names, roles, distribution types,
+    reparameterization and enumeration of every site."""
+    return (
+        tuple(
+            (s["name"], type(s["fn"]), s["is_observed"], s["fn"].has_rsample, bool(s["infer"]))
+            for s in guide_sites
+        ),
+        tuple((s["name"], type(s["fn"]), s["is_observed"]) for s in model_sites),
+    )
+
+
+def _reparameterized(guide_sites: list[dict]) -> bool:
+    return all(
+        s["is_observed"] or (s["fn"].has_rsample and not s["infer"].get("enumerate"))
+        for s in guide_sites
+    )
+
+
+class LeanElbo:
+    r"""The negative ELBO (``Trace_ELBO``'s estimator, summed over the batch) computed
+    lean where that is proven equal, by Pyro elsewhere.
+
+    Args:
+        num_particles: :math:`K`.
+        vectorize_particles: draw the particles in one vectorized run (a plate left of
+            the program's plates) rather than a loop.
+    """
+
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True) -> None:
+        self.num_particles = num_particles
+        self.vectorize = vectorize_particles and num_particles > 1
+        self.pyro_elbo = pyro.infer.Trace_ELBO(
+            num_particles=num_particles, vectorize_particles=self.vectorize
+        )
+        self._layouts: dict[tuple, bool] = {}
+        self._counts = {"lean": 0, "pyro": 0}
+        self._pyro_only = False  # set once a layout needs Pyro: its programs go there
+
+    def routes(self) -> dict[str, int]:
+        """How many distinct layouts took each route so far (``{"lean": n, "pyro": m}``)."""
+        return {k: v for k, v in self._counts.items() if v}
+
+    def __call__(self, model, guide, args: tuple, kwargs: dict) -> torch.Tensor:
+        if self._pyro_only or (
+            # the particle plate's place is found by Pyro (it runs the programs once)
+            self.vectorize and not math.isfinite(self.pyro_elbo.max_plate_nesting)
+        ):
+            return self._pyro(model, guide, args, kwargs)
+        state = _rng_state()
+        loss, layout, eligible = self._lean(model, guide, args, kwargs)
+        if self._layouts.get(layout):
+            return loss
+        # a new layout: compare with Pyro from the same random state, checks on
+        after = _rng_state()
+        _set_rng_state(state)
+        with pyro.validation_enabled(True):
+            reference = self._pyro(model, guide, args, kwargs)
+        ok = eligible and _close(loss, reference)
+        if eligible and not ok:
+            warnings.warn(
+                "ppvae's lean ELBO disagreed with Pyro's Trace_ELBO on this program "
+                f"({float(loss):.6g} vs {float(reference):.6g}); it is computed by Pyro "
+                "from now on",
+                PpvaeWarning,
+                stacklevel=3,
+            )
+        self._counts["lean" if ok else "pyro"] += 1
+        if not ok or len(self._layouts) >= _MAX_LAYOUTS:
+            self._pyro_only = True
+        self._layouts[layout] = ok
+        if ok:
+            _set_rng_state(after)
+            return loss
+        return reference
+
+    def _pyro(self, model, guide, args, kwargs) -> torch.Tensor:
+        return self.pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def _lean(self, model, guide, args, kwargs) -> tuple[torch.Tensor, tuple, bool]:
+        k = self.num_particles
+        if self.vectorize:
+            dim = -int(self.pyro_elbo.max_plate_nesting) - 1
+            with pyro.plate("num_particles_vectorized", k, dim=dim):
+                return self._particle(model, guide, args, kwargs, k)
+        total, layout, eligible = 0.0, (), True
+        for _ in range(k):
+            loss, layout_k, eligible_k = self._particle(model, guide, args, kwargs, k)
+            total = total + loss
+            layout, eligible = layout + (layout_k,), eligible and eligible_k
+        return total, layout, eligible
+
+    @staticmethod
+    def _particle(model, guide, args, kwargs, k: int) -> tuple[torch.Tensor, tuple, bool]:
+        guide_sites = record(guide, args, kwargs)
+        replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
+        model_sites = record(model, args, kwargs, replay)
+        eligible = _reparameterized(guide_sites)
+        elbo = 0.0
+        for site in model_sites:
+            elbo = elbo + _log_prob_sum(site)
+        for site in guide_sites:
+            elbo = elbo - _log_prob_sum(site)
+        if not isinstance(elbo, torch.Tensor):
+            elbo = torch.zeros(())
+        return -elbo / k, _layout(guide_sites, model_sites), eligible
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a, b = float(a.detach()), float(b.detach())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return abs(a - b) <= _RTOL * max(1.0, abs(b))
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

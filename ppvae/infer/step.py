@@ -1,0 +1,482 @@
+r"""One optimization step as a plain function over a small state: :func:`init` and
+:func:`step` (numpyro's ``SVI.init`` / ``SVI.update``, blackjax's ``init`` / ``step``).
+
+``state = init(model, guide, objective, optimizer, example_batch)`` wires the programs to
+an objective and an optimizer once: it finds the parameters (module weights and
+``pyro.param`` sites), runs the objective on the example batch with Pyro's validation on
+(so bad data fails there, in one sentence) and seeds the random streams.
+``state, info = step(state, batch)`` then takes one gradient step on a batch. What never
+changes (programs, objective, parameters, settings) sits in ``state.setup``; the state
+itself holds what does (optimizer state, counters, KL weight, history), and its
+:meth:`TrainState.state_dict` is a checkpoint. :func:`ppvae.fit` is the convenience loop
+over these two functions.
+
+The loss of a batch is scaled to estimate the full-data bound divided by the data set
+size (:class:`~ppvae.infer.scaling.MinibatchScale`: sites in the data plate by ``1/B``,
+others by ``1/N``), so losses are in nats per data point. Nothing here looks at what
+class the programs or the objective are: every program takes the same path.
+
+Example (a user loop):
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):
+    ...     loc = pyro.param("loc", torch.tensor(0.0))
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(loc + x / 2, 0.5**0.5))
+    >>> x = torch.randn(64) + 1.0
+    >>> state = init(model, guide, "elbo", example_batch=(x[:16],), num_data=64,
+    ...              config=TrainConfig(lr=0.05))
+    >>> for batch in x.split(16):
+    ...     state, info = step(state, (batch,))
+    >>> state.step, round(float(state.named_params()["loc"]), 2) != 0.0
+    (4, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from ppvae.checkpoint import rng_state, set_rng_state
+from ppvae.errors import SpecError, TrainingError
+from ppvae.infer.config import TrainConfig, resolve_device
+from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
+from ppvae.infer.scaling import LatentScale, MinibatchScale
+from ppvae.infer.traces import data_errors
+
+__all__ = ["Setup", "TrainState", "History", "init", "step", "make_optimizer", "scaled"]
+
+Batch = tuple[Any, ...]
+
+
+class History:
+    """Per-epoch records of a training run; ``history["valid_elbo"]`` lists one key."""
+
+    def __init__(self, records: Sequence[dict[str, Any]] = ()) -> None:
+        self.records = list(records)
+
+    def __getitem__(self, key: str) -> list[Any]:
+        return [r.get(key) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        last = self.records[-1] if self.records else {}
+        return f"History(epochs={len(self)}, last={last})"
+
+
+@dataclass(frozen=True, eq=False)
+class Setup:
+    """What :func:`step` uses and never changes: the programs, the objective (with its
+    context), the parameters, the settings and the data size."""
+
+    model: Callable
+    guide: Callable
+    objective: Objective
+    params: tuple[torch.Tensor, ...]
+    param_names: tuple[str, ...]
+    config: TrainConfig
+    num_data: int
+    device: torch.device
+    steps_per_epoch: int
+    world_size: int = 1
+    is_main_process: bool = True
+    ddp: nn.Module | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def plate(self) -> str:
+        return self.objective.context.plate
+
+
+@dataclass(eq=False)
+class TrainState:
+    """What a training step reads and writes; a checkpoint is its :meth:`state_dict`."""
+
+    setup: Setup
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    kl_weight: float = 1.0
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    stop: bool = False
+    running_loss: float = math.nan
+    history: History = field(default_factory=History)
+    shuffle_generator: torch.Generator = field(default_factory=torch.Generator)
+    data_generator: torch.Generator | None = None
+
+    # read-only views of the setup, for callbacks
+    model = property(lambda self: self.setup.model)
+    guide = property(lambda self: self.setup.guide)
+    objective = property(lambda self: self.setup.objective)
+    config = property(lambda self: self.setup.config)
+    epochs = property(lambda self: self.setup.config.epochs)
+    steps_per_epoch = property(lambda self: self.setup.steps_per_epoch)
+    num_train = property(lambda self: self.setup.num_data)
+    plate = property(lambda self: self.setup.plate)
+    is_main_process = property(lambda self: self.setup.is_main_process)
+    world_size = property(lambda self: self.setup.world_size)
+
+    params = property(lambda self: self.setup.params)
+
+    def named_params(self) -> dict[str, torch.Tensor]:
+        """The trained parameters by name: module weights as ``model.<name>`` /
+        ``guide.<name>``, ``pyro.param`` sites by their own names (unconstrained values)."""
+        return dict(zip(self.setup.param_names, self.setup.params, strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: weights, optimizer, RNG states, counters, history, metadata."""
+        s = self.setup
+        out = {
+            "format": "ppvae-train-state-2",
+            "model": s.model.state_dict() if isinstance(s.model, nn.Module) else {},
+            "guide": s.guide.state_dict() if isinstance(s.guide, nn.Module) else {},
+            "params": {n: p.detach().clone() for n, p in zip(s.param_names, s.params, strict=True)},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "kl_weight": self.kl_weight,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "history": self.history.records,
+            **s.metadata,
+        }
+        if self.data_generator is not None:
+            out["data_generator"] = self.data_generator.get_state()
+        return out
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        """Restore a checkpoint written by :meth:`state_dict` (resume). The learning rate
+        and other optimizer settings stay those of this state's config."""
+        s = self.setup
+        if isinstance(s.model, nn.Module):
+            s.model.load_state_dict(checkpoint["model"])
+        if isinstance(s.guide, nn.Module):
+            s.guide.load_state_dict(checkpoint["guide"])
+        with torch.no_grad():
+            for name, p in zip(s.param_names, s.params, strict=True):
+                saved = checkpoint.get("params", {}).get(name)
+                if saved is not None:
+                    p.copy_(saved)
+        groups = [dict(g) for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, groups, strict=True):
+            for key in ("lr", "weight_decay"):
+                if key in settings:
+                    group[key] = settings[key]
+        set_rng_state(checkpoint["rng"])
+        self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
+        if self.data_generator is not None and "data_generator" in checkpoint:
+            self.data_generator.set_state(checkpoint["data_generator"])
+        self.epoch = checkpoint["epoch"]
+        self.step = checkpoint["step"]
+        self.kl_weight = checkpoint["kl_weight"]
+        self.best_value = checkpoint["best_value"]
+        self.best_epoch = checkpoint["best_epoch"]
+        self.history = History(checkpoint["history"])
+
+
+def scaled(fn: Callable, plate: str, local: float, global_: float, kl_weight: float) -> Callable:
+    """``fn`` under the minibatch scaling (``local`` in the data plate, ``global_`` outside)
+    and, when not 1, the KL warm-up weight on latent sites."""
+    fn = MinibatchScale(plate, local, global_)(fn)
+    if kl_weight != 1.0:
+        fn = LatentScale(kl_weight)(fn)
+    return fn
+
+
+def make_optimizer(
+    optimizer: Any, params: Sequence[torch.Tensor], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """A torch optimizer over ``params``: from the config's name (None), a
+    ``torch.optim.Optimizer`` subclass (built with the config's ``lr``), or any callable
+    ``params -> optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``)."""
+    params = list(params)
+    if optimizer is None:
+        kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+        if config.optimizer in ("adam", "adamw"):
+            kwargs["foreach"] = True
+            cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        else:
+            cls = torch.optim.SGD
+            kwargs["momentum"] = 0.9
+        return cls(params, **kwargs)
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        return optimizer(params, lr=config.lr)
+    if callable(optimizer):
+        built = optimizer(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise SpecError(
+                f"optimizer must build a torch.optim.Optimizer from the parameters, got "
+                f"{type(built).__name__}"
+            )
+        return built
+    raise SpecError(
+        "optimizer must be None, a torch.optim.Optimizer class or a callable params -> "
+        f"optimizer, got {type(optimizer).__name__}"
+    )
+
+
+def _modules(fn: Callable) -> list[nn.Module]:
+    """The ``nn.Module`` a program is (or whose bound method it is)."""
+    owner = getattr(fn, "__self__", fn)
+    return [owner] if isinstance(owner, nn.Module) else []
+
+
+def _parameters(model, guide, args: Batch, kwargs: dict) -> tuple[list[str], list[torch.Tensor]]:
+    """Module parameters plus the unconstrained values of the ``pyro.param`` sites seen in
+    one run of guide and model, with names."""
+    found: dict[int, tuple[str, torch.Tensor]] = {}
+    for role, fn in (("model", model), ("guide", guide)):
+        for module in _modules(fn):
+            for name, p in module.named_parameters():
+                found.setdefault(id(p), (f"{role}.{name}", p))
+    with poutine.block(), torch.no_grad():
+        tr = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
+        tr_m = poutine.trace(poutine.replay(model, trace=tr), param_only=True).get_trace(
+            *args, **kwargs
+        )
+    for site in [*tr.nodes.values(), *tr_m.nodes.values()]:
+        if site["type"] == "param":
+            value = site["value"]
+            value = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if value.requires_grad:
+                found.setdefault(id(value), (site["name"], value))
+    pairs = [(n, p) for n, p in found.values() if p.requires_grad]
+    return [n for n, _ in pairs], [p for _, p in pairs]
+
+
+def _call_parts(batch: Any) -> tuple[Batch, dict[str, Any]]:
+    """A batch as positional and keyword arguments of the programs."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,), {}
+    if isinstance(batch, tuple | list):
+        return tuple(batch), {}
+    raise SpecError(
+        f"a batch must be a tensor or a tuple of the programs' arguments, got {type(batch).__name__}"
+    )
+
+
+def _batch_size(args: Batch, plate: str) -> int:
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            return a.shape[0]
+    raise SpecError(
+        f"cannot tell the batch size for plate {plate!r}: no argument is a tensor with data "
+        "points on dim 0"
+    )
+
+
+def init(
+    model: Callable,
+    guide: Callable,
+    objective: Any = "elbo",
+    optimizer: Any = None,
+    example_batch: Any = None,
+    *,
+    config: TrainConfig | None = None,
+    num_data: int | None = None,
+    plate: str = "data",
+    rank: int = 0,
+    world_size: int = 1,
+    ddp: Callable[[nn.Module], nn.Module] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainState:
+    """Wire ``model``, ``guide``, ``objective`` and an optimizer into a :class:`TrainState`.
+
+    Args:
+        model, guide: Pyro programs taking a batch as their arguments.
+        objective: a kind name (``"elbo"``, ``"iwae"``, ...), an objective config, an
+            :class:`~ppvae.infer.objectives.Objective` or any Pyro ELBO instance.
+        optimizer: None (the config's ``optimizer``/``lr``/``weight_decay``), a name
+            (``"adam"``, ``"adamw"``, ``"sgd"``), a torch optimizer class, or a callable
+            ``params -> torch.optim.Optimizer``.
+        example_batch: a batch (a tensor or a tuple of arguments) on the training device;
+            the programs are run on it once to find ``pyro.param`` sites and check them.
+        config: the :class:`TrainConfig` (default settings when None).
+        num_data: the number of data points the batches are drawn from (default: the
+            example batch's size), for the minibatch scaling.
+        plate: the name of the data plate.
+        rank, world_size, ddp: distributed training (set by :func:`ppvae.fit`): this
+            process's rank, the number of processes, and a wrapper of the loss module.
+        metadata: stored as is in every checkpoint (e.g. the spec).
+
+    Returns:
+        The :class:`TrainState` at step 0, with the random streams seeded from
+        ``config.seed`` (shifted by the rank: every process draws its own latents).
+    """
+    config = config or TrainConfig()
+    if isinstance(optimizer, str):  # a name: the config's kind of optimizer
+        config, optimizer = config.replace(optimizer=optimizer), None
+    sample_seed = config.seed + 7919 * rank
+    if example_batch is None:
+        raise SpecError("init needs an example_batch to find and check the parameters")
+    objective = build_objective(objective).with_context(ObjectiveContext(plate=plate))
+    args, kwargs = _call_parts(example_batch)
+    size = _batch_size(args, plate)
+    num_data = size if num_data is None else num_data
+    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
+        raise SpecError(f"num_data must be a positive integer, got {num_data!r}")
+    device = next(
+        (a.device for a in args if isinstance(a, torch.Tensor)),
+        resolve_device(config.device),
+    )
+    pyro.set_rng_seed(sample_seed)
+    with data_errors(args, "a training batch"), pyro.validation_enabled(True):
+        names, params = _parameters(model, guide, args, kwargs)
+    if not params:
+        raise SpecError("the model and guide have no trainable parameters")
+    opt = make_optimizer(optimizer, params, config)
+    ddp_module = None
+    if ddp is not None:
+        if not objective.differentiable:
+            raise SpecError(
+                f"objective {objective!r} computes its own gradients and cannot be used "
+                "with distributed training; use elbo, meanfield_elbo, iwae or renyi"
+            )
+        ddp_module = ddp(_ObjectiveModule(model, guide, objective))
+    setup = Setup(
+        model=model,
+        guide=guide,
+        objective=objective,
+        params=tuple(params),
+        param_names=tuple(names),
+        config=config,
+        num_data=num_data,
+        device=device,
+        steps_per_epoch=math.ceil(num_data / config.batch_size),
+        world_size=world_size,
+        is_main_process=rank == 0,
+        ddp=ddp_module,
+        metadata=dict(metadata or {}),
+    )
+    state = TrainState(setup=setup, optimizer=opt)
+    _check_first_batch(state, args, kwargs, size)
+    pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again
+    return state
+
+
+def _check_first_batch(state: TrainState, args: Batch, kwargs: dict, size: int) -> None:
+    """Run the objective once with Pyro's validation on, so that bad data or a program
+    the objective cannot train fails here with a clear message, not deep in the loop."""
+    s = state.setup
+    model = scaled(s.model, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
+    guide = scaled(s.guide, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
+    with data_errors(args, "a training batch"), pyro.validation_enabled(True):
+        s.objective.loss_and_grads(model, guide, *args, **kwargs)
+    reached = any(p.grad is not None for p in s.params)
+    state.optimizer.zero_grad(set_to_none=True)
+    if not reached:
+        raise SpecError(
+            f"objective {s.objective!r} gave no gradient to any parameter of the model or "
+            "guide; make the parameters visible to it (pyro.module / PyroModule / "
+            "pyro.param) or use another objective"
+        )
+
+
+class _ObjectiveModule(nn.Module):
+    """Model, guide and objective as one module whose forward is the loss (for DDP)."""
+
+    def __init__(self, model: Callable, guide: Callable, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.guide = guide
+        self.objective = objective
+
+    def forward(self, local: float, global_: float, kl_weight: float, args, kwargs):
+        plate = self.objective.context.plate
+        return self.objective.loss(
+            scaled(self.model, plate, local, global_, kl_weight),
+            scaled(self.guide, plate, local, global_, kl_weight),
+            *args,
+            **kwargs,
+        )
+
+
+def step(
+    state: TrainState, batch: Any, *, global_size: int | None = None
+) -> tuple[TrainState, dict[str, Any]]:
+    """One optimization step on ``batch`` (a tensor or a tuple of the programs' arguments).
+
+    ``global_size`` is the size of the global batch this process's ``batch`` is part of
+    under DDP (the loss is scaled so that DDP's gradient average is the global batch's
+    mean). Returns the state (updated in place) and ``info`` with the detached ``loss``
+    (nats per data point) and ``grad_norm`` as 0-dim tensors, and ``skipped`` when the
+    step was dropped under ``on_nan = "skip"``.
+
+    A non-finite loss or gradient raises :class:`~ppvae.errors.TrainingError` naming the
+    epoch and step (``on_nan = "stop"``) or drops the step (``"skip"``). The check reads
+    one number from the device per step.
+    """
+    s = state.setup
+    args, kwargs = _call_parts(batch)
+    b = _batch_size(args, s.plate) if global_size is None else global_size
+    local, global_ = s.world_size / b, 1.0 / s.num_data
+    state.optimizer.zero_grad(set_to_none=True)
+    if s.ddp is not None:
+        loss = s.ddp(local, global_, state.kl_weight, args, kwargs)
+        loss.backward()
+        loss = loss.detach()
+    else:
+        model = scaled(s.model, s.plate, local, global_, state.kl_weight)
+        guide = scaled(s.guide, s.plate, local, global_, state.kl_weight)
+        loss = s.objective.loss_and_grads(model, guide, *args, **kwargs)
+    loss = loss.detach().reshape(())
+    clip = s.config.clip_norm
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(s.params, clip)
+    else:
+        grads = [p.grad for p in s.params if p.grad is not None]
+        norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        )
+    # the NaN policy's one read from the device per step
+    loss_value, norm_value = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()
+    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        return _non_finite(state, loss_value, norm_value)
+    state.optimizer.step()
+    state.step += 1
+    state.running_loss = loss_value
+    return state, {"loss": loss_value, "grad_norm": norm_value}
+
+
+def _non_finite(state: TrainState, loss: float, norm: float):
+    what = "loss" if not math.isfinite(loss) else "gradient"
+    value = loss if what == "loss" else norm
+    if state.setup.config.on_nan == "skip":
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        return state, {"loss": loss, "grad_norm": norm, "skipped": True}
+    raise TrainingError(
+        f"the {what} became {'NaN' if math.isnan(value) else 'infinite'} "
+        f"at epoch {state.epoch + 1}, step {state.step + 1}; lower train.lr, set "
+        'train.clip_norm, or set train.on_nan = "skip"'
+    )
+
+
+@contextlib.contextmanager
+def quiet_nan_warnings() -> Iterator[None]:
+    """Every loss and gradient is checked by :func:`step` (``on_nan``): Pyro's
+    "Encountered NaN" warnings would only print lines in front of the one-sentence
+    error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Encountered (NaN|\+inf|-inf)", category=UserWarning
+        )
+        yield
