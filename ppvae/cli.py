@@ -232,7 +232,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ppvae.errors import RunDirError
-    from ppvae.infer.train import seeded
+    from ppvae.infer.rng import seeded
     from ppvae.models.abilities import Generates, GeneratesByClass
     from ppvae.report import image_grid_png
     from ppvae.run import load_run
