@@ -390,7 +390,7 @@ def test_14_a_raw_pickle_checkpoint_prints_one_line(run_copy):
 def test_14_ctrl_c_while_starting_is_one_line(trained):
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [*PPVAE, "evaluate", str(trained), "-k", "1000"],
+        [*PPVAE, "evaluate", str(trained), "-k", "20000", "--batch-size", "2", "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(2.5)  # past the imports of the entry point: in the command's start-up
