@@ -55,13 +55,26 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
+import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import prune_subsample_sites
 
-from ppvae.errors import DataError
+from ppvae.errors import DataError, PpvaeWarning
 from ppvae.infer.diagnostics import _stderr_from_ess, psis_khat
-from ppvae.infer.traces import data_errors, eval_mode, shape_text, vectorized_traces, weight_terms
+from ppvae.infer.isolation import isolated_param_store
+from ppvae.infer.traces import (
+    broadcast_problem,
+    data_errors,
+    eval_mode,
+    one_particle_log_weights,
+    shape_text,
+    vectorized_traces,
+    weight_terms,
+)
 
 __all__ = ["ImportanceResult", "log_marginal_likelihood", "DEFAULT_MAX_KHAT_SAMPLES"]
 
@@ -244,6 +257,95 @@ class _Accumulator:
         return torch.where(self.sum1 > 0, ess, torch.zeros_like(ess))
 
 
+def _device_of(batch: tuple) -> torch.device:
+    return next((a.device for a in batch if isinstance(a, torch.Tensor)), torch.device("cpu"))
+
+
+def _warn_about_guide(guide_trace) -> None:
+    """Guide sites under which importance weights do not estimate p(x) as expected."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        fn = site["fn"]
+        base = getattr(fn, "base_dist", fn)
+        if isinstance(base, dist.Delta):
+            warnings.warn(
+                f"guide site {name!r} is a Delta (a point mass): importance weights then "
+                f"estimate p(x, {name}) at that point, not log p(x)",
+                PpvaeWarning,
+                stacklevel=4,
+            )
+        elif fn.support.is_discrete:
+            warnings.warn(
+                f"guide site {name!r} is discrete and sampled, not summed out: the estimate "
+                f"of log p(x) is valid only where q({name}|x) covers the posterior's support, "
+                "and its error bars may be optimistic",
+                PpvaeWarning,
+                stacklevel=4,
+            )
+
+
+def _vectorized_pass(model, guide, batch, plate, num_samples, chunk_size, acc, layout, check):
+    """Accumulate ``num_samples`` log weights drawn ``chunk_size`` at a time in a particle
+    plate; returns the layout, or None when ``check`` finds (on the first chunk) that
+    the programs do not broadcast over the particle dimension."""
+    for c0 in range(0, num_samples, chunk_size):
+        chunk = min(chunk_size, num_samples - c0)
+        try:
+            model_trace, guide_trace, layout = vectorized_traces(
+                model, guide, batch, {}, num_particles=chunk, plate=plate,
+                nesting=None if layout is None else layout.max_plate_nesting,
+            )  # fmt: skip
+            local, glob = weight_terms(
+                model_trace, guide_trace, layout, plate, scaled_globals=False
+            )
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            if not check:
+                raise
+            # it may be the particle dimension the programs cannot take: try one at a time
+            one_particle_log_weights(model, guide, batch, {}, plate)  # raises when not
+            _warn_loop(f"it fails with a particle dimension ({type(error).__name__}: {error})")
+            return None
+        log_w = (local + glob[:, None]).expand(chunk, acc.max.shape[0])
+        if check and c0 == 0:
+            _warn_about_guide(guide_trace)
+            problem = broadcast_problem(
+                model, guide, batch, {}, model_trace, guide_trace, layout, plate, log_w
+            )
+            if problem is not None:
+                _warn_loop(problem)
+                return None
+        acc.update(log_w)
+    return layout
+
+
+def _warn_loop(problem: str) -> None:
+    first = problem.strip().splitlines()[0] if problem.strip() else problem
+    warnings.warn(
+        "the model or guide does not broadcast over a leading particle dimension ("
+        f"{first}); log p(x) is computed one sample at a time (slower; pass "
+        "vectorize_particles=False to skip this check)",
+        PpvaeWarning,
+        stacklevel=4,
+    )
+
+
+def _looped_pass(model, guide, batch, plate, num_samples, chunk_size, acc) -> None:
+    """Accumulate ``num_samples`` log weights, one draw (one run of the programs as
+    written) at a time."""
+    rows: list[torch.Tensor] = []
+    for k in range(num_samples):
+        log_w = one_particle_log_weights(model, guide, batch, {}, plate)
+        if k == 0:
+            with poutine.block():
+                guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*batch))
+            _warn_about_guide(guide_trace)
+        rows.append(log_w)
+        if len(rows) == chunk_size or k == num_samples - 1:
+            acc.update(torch.stack(rows))
+            rows = []
+
+
 def log_marginal_likelihood(
     model,
     guide,
@@ -256,6 +358,7 @@ def log_marginal_likelihood(
     device: str | torch.device | None = None,
     progress: bool = False,
     max_khat_samples: int = DEFAULT_MAX_KHAT_SAMPLES,
+    vectorize_particles: bool = True,
 ) -> ImportanceResult:
     r"""Estimate :math:`\log p(x_i)` for every data point by importance sampling.
 
@@ -282,6 +385,16 @@ def log_marginal_likelihood(
         progress: show a tqdm bar over batches.
         max_khat_samples: log weights kept per point for the PSIS :math:`\hat k` (all when
             :math:`K` is smaller); memory ``batch_size * min(K, max_khat_samples)``.
+        vectorize_particles: draw ``chunk_size`` samples at once in a particle plate left
+            of the programs' plates. On the first batch the vectorized log weights of two
+            samples are checked against the same draws replayed one at a time; a program
+            that does not broadcast over that dimension (a mask, an index ``x[:, t]``, a
+            batch shape that drops it) is then run one sample at a time, with a
+            :class:`~ppvae.errors.PpvaeWarning`. False: always one at a time.
+
+    Warns:
+        PpvaeWarning: when a guide site is a ``Delta`` (a point mass: the weights then
+        estimate :math:`p(x, z^*)`, not :math:`p(x)`) or a sampled discrete site.
 
     Returns:
         An :class:`ImportanceResult` of per-point CPU float64 tensors.
@@ -320,8 +433,9 @@ def log_marginal_likelihood(
 
     outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": [], "khat": []}
     layout = None
+    vectorized: bool | None = None if vectorize_particles else False  # None: not checked yet
     starts = range(0, n, batch_size)
-    with torch.no_grad(), eval_mode(model, guide):
+    with torch.no_grad(), eval_mode(model, guide), isolated_param_store(inherit=True):
         for start in tqdm(
             starts,
             disable=None if progress else True,
@@ -337,25 +451,19 @@ def log_marginal_likelihood(
             )
             points = min(batch_size, n - start)
             with data_errors(batch):
-                acc = None
-                for c0 in range(0, num_samples, chunk_size):
-                    chunk = min(chunk_size, num_samples - c0)
-                    model_trace, guide_trace, layout = vectorized_traces(
-                        model,
-                        guide,
-                        batch,
-                        {},
-                        num_particles=chunk,
-                        plate=plate,
-                        nesting=None if layout is None else layout.max_plate_nesting,
-                    )
-                    local, glob = weight_terms(
-                        model_trace, guide_trace, layout, plate, scaled_globals=False
-                    )
-                    log_w = (local + glob[:, None]).expand(chunk, points)
-                    if acc is None:
-                        acc = _Accumulator(points, keep, log_w.device)
-                    acc.update(log_w)
+                acc = _Accumulator(points, keep, _device_of(batch))
+                if vectorized is not False:
+                    layout = _vectorized_pass(
+                        model, guide, batch, plate, num_samples, chunk_size, acc, layout,
+                        check=vectorized is None,
+                    )  # fmt: skip
+                    if layout is None:  # the programs do not broadcast over particles
+                        vectorized = False
+                        acc = _Accumulator(points, keep, acc.max.device)
+                    else:
+                        vectorized = True
+                if vectorized is False:
+                    _looped_pass(model, guide, batch, plate, num_samples, chunk_size, acc)
             outputs["log_px"].append((acc.log_sum() - math.log(num_samples)).cpu().double())
             outputs["elbo"].append((acc.sum_log / num_samples).cpu().double())
             outputs["ess"].append(acc.ess(num_samples).cpu().double())

@@ -53,6 +53,7 @@ from ppvae.checkpoint import rng_state, set_rng_state
 from ppvae.errors import SpecError, TrainingError
 from ppvae.infer.config import TrainConfig, resolve_device
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
+from ppvae.infer.programs import modules_of
 from ppvae.infer.scaling import LatentScale, MinibatchScale
 from ppvae.infer.traces import data_errors
 
@@ -66,6 +67,8 @@ class History:
 
     def __init__(self, records: Sequence[dict[str, Any]] = ()) -> None:
         self.records = list(records)
+        #: the final :class:`TrainState` when returned by :func:`ppvae.fit`
+        self.state: TrainState | None = None
 
     def __getitem__(self, key: str) -> list[Any]:
         return [r.get(key) for r in self.records]
@@ -145,6 +148,8 @@ class TrainState:
             "format": "ppvae-train-state-2",
             "model": s.model.state_dict() if isinstance(s.model, nn.Module) else {},
             "guide": s.guide.state_dict() if isinstance(s.guide, nn.Module) else {},
+            # the networks of programs that are functions or methods (buffers included)
+            "modules": [m.state_dict() for m in _networks(s)],
             "params": {n: p.detach().clone() for n, p in zip(s.param_names, s.params, strict=True)},
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
@@ -169,6 +174,8 @@ class TrainState:
             s.model.load_state_dict(checkpoint["model"])
         if isinstance(s.guide, nn.Module):
             s.guide.load_state_dict(checkpoint["guide"])
+        for module, saved in zip(_networks(s), checkpoint.get("modules", []), strict=False):
+            module.load_state_dict(saved)
         with torch.no_grad():
             for name, p in zip(s.param_names, s.params, strict=True):
                 saved = checkpoint.get("params", {}).get(name)
@@ -190,6 +197,16 @@ class TrainState:
         self.best_value = checkpoint["best_value"]
         self.best_epoch = checkpoint["best_epoch"]
         self.history = History(checkpoint["history"])
+
+
+def _networks(setup: Setup) -> list[nn.Module]:
+    """The networks of the programs that are not modules themselves."""
+    return [
+        m
+        for fn in (setup.model, setup.guide)
+        if not isinstance(fn, nn.Module)
+        for m in modules_of(fn)
+    ]
 
 
 def scaled(fn: Callable, plate: str, local: float, global_: float, kl_weight: float) -> Callable:
@@ -233,20 +250,15 @@ def make_optimizer(
     )
 
 
-def _modules(fn: Callable) -> list[nn.Module]:
-    """The ``nn.Module`` a program is (or whose bound method it is)."""
-    owner = getattr(fn, "__self__", fn)
-    return [owner] if isinstance(owner, nn.Module) else []
-
-
 def _parameters(model, guide, args: Batch, kwargs: dict) -> tuple[list[str], list[torch.Tensor]]:
     """Module parameters plus the unconstrained values of the ``pyro.param`` sites seen in
     one run of guide and model, with names."""
     found: dict[int, tuple[str, torch.Tensor]] = {}
     for role, fn in (("model", model), ("guide", guide)):
-        for module in _modules(fn):
+        for i, module in enumerate(modules_of(fn)):
+            prefix = role if i == 0 else f"{role}{i}"
             for name, p in module.named_parameters():
-                found.setdefault(id(p), (f"{role}.{name}", p))
+                found.setdefault(id(p), (f"{prefix}.{name}", p))
     with poutine.block(), torch.no_grad():
         tr = poutine.trace(guide, param_only=True).get_trace(*args, **kwargs)
         tr_m = poutine.trace(poutine.replay(model, trace=tr), param_only=True).get_trace(

@@ -35,9 +35,11 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
 from ppvae.errors import DataError, PpvaeError, SpecError
+from ppvae.infer.programs import eval_mode  # one implementation, re-exported here
 
 __all__ = [
     "PARTICLES",
@@ -59,6 +61,8 @@ __all__ = [
     "data_scale",
     "weight_terms",
     "shape_text",
+    "broadcast_problem",
+    "one_particle_log_weights",
 ]
 
 #: Name of the particle plate ppvae adds left of a program's plates.
@@ -320,19 +324,86 @@ def weight_terms(
     return local, glob
 
 
-@contextmanager
-def eval_mode(*fns) -> Iterator[None]:
-    """Put every nn.Module among ``fns`` (and its submodules) in eval mode, then restore."""
-    saved = [
-        (module, module.training)
-        for fn in fns
-        if isinstance(fn, torch.nn.Module)
-        for module in fn.modules()
-    ]
-    try:
-        for module, _ in saved:
-            module.training = False
-        yield
-    finally:
-        for module, mode in saved:
-            module.training = mode
+# --------------------------------------------------------------------------------------
+# Programs that do not broadcast over a particle dimension
+
+
+def _particle_slice(site, layout: Layout, k: int) -> torch.Tensor | None:
+    """Particle ``k`` of a site's value drawn under the particle plate (None when the
+    value has no particle dimension where the plate put it)."""
+    value = site["value"]
+    event_dim = site["fn"].event_dim
+    axis = value.dim() - event_dim - layout.rank
+    if axis < 0 or value.shape[axis] <= k:
+        return None
+    return value.select(axis, k)
+
+
+def broadcast_problem(
+    model, guide, args, kwargs, model_trace, guide_trace, layout: Layout, plate: str, log_w
+) -> str | None:
+    """Check vectorized log weights ``log_w`` (P, B) against the same draws computed one
+    particle at a time (the guide's values of particles 0 and 1 replayed into plain runs
+    of the programs). None when they agree, else a sentence saying what differs."""
+    for k in range(min(2, log_w.shape[0])):
+        values = {}
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            if not any(f.name == PARTICLES for f in site["cond_indep_stack"]):
+                values[name] = site["value"]  # shared by the particles (a global site)
+                continue
+            value = _particle_slice(site, layout, k)
+            if value is None:
+                return (
+                    f"guide site {name!r} has shape {tuple(site['value'].shape)} without the "
+                    f"particle dimension at dim {layout.particle_dim}"
+                )
+            values[name] = value
+        try:
+            single = one_particle_log_weights(model, guide, args, kwargs, plate, values)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            return f"one particle at a time it fails ({type(error).__name__}: {error})"
+        ref = single.reshape(-1)
+        vec = log_w[k].reshape(-1)
+        if ref.shape != vec.shape or not torch.allclose(
+            vec.double(), ref.double(), rtol=1e-4, atol=1e-3
+        ):
+            diff = (
+                (vec.double() - ref.double()).abs().max().item() if ref.shape == vec.shape else None
+            )
+            return (
+                "its vectorized log weights differ from the same draws taken one particle at "
+                f"a time (by up to {diff:.3g} nats)"
+                if diff is not None
+                else f"its vectorized log weights have shape {tuple(vec.shape)}, one particle "
+                f"at a time {tuple(ref.shape)}"
+            )
+    return None
+
+
+class _Fixed(Messenger):
+    """Latent sites named in ``values`` take those values (still latent sites, unlike
+    ``poutine.condition``, so that the model can be replayed on them)."""
+
+    def __init__(self, values) -> None:
+        super().__init__()
+        self.values = values
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+
+
+def one_particle_log_weights(model, guide, args, kwargs, plate: str, values=None):
+    """Per-point log weights ``(B,)`` of one draw from the guide (or of ``values``), the
+    programs run as written, without a particle plate."""
+    fn = guide if values is None else _Fixed(values)(guide)
+    model_trace, guide_trace = guide_and_model_traces(model, fn, args, kwargs, None)
+    frame = data_frame((model_trace, guide_trace), plate, args)
+    nesting = max(plate_nesting((model_trace, guide_trace)), -frame.dim)
+    # reductions as under a particle plate: a padded leading axis of size 1
+    layout = Layout(max_plate_nesting=nesting, data_dim=frame.dim)
+    local, glob = weight_terms(model_trace, guide_trace, layout, plate, scaled_globals=False)
+    return (local + glob[:, None]).reshape(-1)

@@ -63,7 +63,8 @@ from ppvae.infer.callbacks import (
     ProgressBar,
 )
 from ppvae.infer.config import TrainConfig, resolve_device
-from ppvae.infer.isolation import isolated_param_store
+from ppvae.infer.isolation import export_params, isolated_param_store
+from ppvae.infer.programs import to_device, train_mode
 from ppvae.infer.rng import deterministic_algorithms, seeded
 from ppvae.infer.step import History, TrainState, init, quiet_nan_warnings, scaled, step
 from ppvae.infer.traces import data_errors, eval_mode
@@ -166,17 +167,21 @@ def fit(
     Returns:
         The :class:`~ppvae.infer.step.History`: one record per epoch with ``epoch``,
         ``step``, ``train_loss`` (objective per data point), ``valid_elbo``, ``kl_weight``,
-        ``seconds``.
+        ``seconds``; ``history.state`` is the final
+        :class:`~ppvae.infer.step.TrainState`.
+
+    Parameters: networks train their own weights; ``pyro.param`` sites start from the
+    global parameter store's values when it has them (as in Pyro's ``SVI``), else from
+    their initial values, and their trained values are put back into the global store
+    when ``fit`` returns (``pyro.param(name)`` then gives them). Nothing else of the
+    global store is read or written.
     """
     config = (config or TrainConfig()).replace(**settings) if settings else config or TrainConfig()
     dev = resolve_device(config.device)
     dinfo = distributed.init_from_env(dev)
     if dinfo is not None and dev.type == "cuda":
         dev = torch.device("cuda", dinfo.local_rank)
-    for fn in (model, guide):
-        module = getattr(fn, "__self__", fn)
-        if isinstance(module, torch.nn.Module):
-            module.to(dev)
+    to_device(dev, model, guide)
 
     tensors = as_tensors(data, "the training data")
     loader = sampler = None
@@ -235,7 +240,10 @@ def fit(
                 module, device_ids=[dev.index] if dev.type == "cuda" else None
             )
 
-    with deterministic_algorithms(config.deterministic, dev), isolated_param_store():
+    with (
+        deterministic_algorithms(config.deterministic, dev),
+        isolated_param_store(inherit=True) as trained,
+    ):
         first = _first_batch(tensors, loader, config.batch_size, dev)
         if train_transform is not None:
             generator = torch.Generator(device=dev).manual_seed(config.seed)
@@ -276,6 +284,8 @@ def fit(
             cbs.append(Checkpointer(Path(out_dir) / "checkpoints"))  # last: sees the final record
 
         _run(state, cbs, epoch_batches, train_transform, valid)
+    export_params(trained)  # trained pyro.param sites: where pyro.param(name) finds them
+    state.history.state = state
     return state.history
 
 
@@ -308,18 +318,11 @@ def _validate(state: TrainState, valid: Batch) -> float:
     )
 
 
-def _set_train_mode(state: TrainState) -> None:
-    for fn in (state.model, state.guide):
-        module = getattr(fn, "__self__", fn)
-        if isinstance(module, torch.nn.Module):
-            module.train()
-
-
 def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform, valid) -> None:
     start = time.perf_counter()
     for cb in cbs:
         cb.on_epoch_start(state)
-    _set_train_mode(state)
+    train_mode(state.model, state.guide)
     device = state.setup.device
     total, count, skipped = 0.0, 0, 0
     for batch, global_size in epoch_batches():
