@@ -7,6 +7,7 @@ sampling with diagnostics (:func:`log_marginal_likelihood`), and runs declarativ
 of its model zoo (:func:`load_spec`, :func:`train_spec`, the ``ppvae`` command).
 """
 
+from ppvae._version import __version__ as __version__
 from ppvae.data import DATASETS, DataBundle, load_data
 from ppvae.errors import (
     CheckpointError,
@@ -25,8 +26,6 @@ from ppvae.infer.step import History, TrainState, init, step
 from ppvae.infer.train import fit
 from ppvae.run import Run, load_run, train_spec
 from ppvae.spec import Spec, load_spec, parse_spec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "init",

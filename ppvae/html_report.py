@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import io
 import json
 import math
 import platform
@@ -44,13 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppvae._version import __version__
 from ppvae.errors import PpvaeError, RunDirError, SpecChangedError
+from ppvae.infer.isolation import isolated_param_store
+from ppvae.infer.traces import eval_mode
 from ppvae.models.abilities import (
     AmortizedPosterior,
     Generates,
     LayeredPosterior,
     Reconstructs,
 )
+from ppvae.report import curves_png, figure_png, image_grid_png, new_figure, reconstruction_grid
 from ppvae.rundir import check_no_links, check_output_path, write_text_atomic, writing
 
 __all__ = ["write_report", "LATENT_POINTS", "REPORT_FILE"]
@@ -98,35 +101,12 @@ def _figure(
     )
 
 
-def _new_figure(width: float, height: float):
-    """A matplotlib figure on the Agg canvas (pyplot and its backend are left alone)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _fig_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
 def _grid_png(images: torch.Tensor, image_shape: Sequence[int], ncols: int) -> tuple[bytes, int]:
     """A grey-scale PNG of an image grid at its own resolution, and a display width
     (an integer multiple of it, about 300-480 pixels): the browser scales it up."""
-    from matplotlib.image import imsave
-
-    from ppvae.report import image_grid
-
-    grid = image_grid(images, image_shape, ncols)
-    buf = io.BytesIO()
-    imsave(buf, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
-    scale = max(1, 480 // max(grid.shape))
-    return buf.getvalue(), grid.shape[1] * scale
+    png = image_grid_png(images, image_shape, ncols, scale=1)
+    width, height = _png_size(png)
+    return png, width * max(1, 480 // max(width, height))
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -262,10 +242,8 @@ def _versions() -> list[tuple[str, str]]:
     import matplotlib
     import pyro
 
-    import ppvae
-
     return [
-        ("ppvae", getattr(ppvae, "__version__", "?")),
+        ("ppvae", __version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
         ("pyro-ppl", pyro.__version__),
@@ -369,46 +347,13 @@ def _spec_section(spec_text: str | None, spec_dict: dict | None, error: str | No
     return _section("spec", "Spec (resolved)", "".join(parts))
 
 
-def _curves_png(records: Sequence[dict[str, Any]]) -> bytes:
-    fig = _new_figure(7.5, 4.0)
-    ax = fig.add_subplot(1, 1, 1)
-    epochs = [r["epoch"] for r in records]
-    train = [
-        -r["train_loss"] if isinstance(r.get("train_loss"), (int, float)) else math.nan
-        for r in records
-    ]
-    ax.plot(epochs, train, marker=".", label="train bound (minus train loss)")
-    valid = [r.get("valid_elbo") for r in records]
-    if any(v is not None for v in valid):
-        ax.plot(
-            epochs,
-            [math.nan if v is None else v for v in valid],
-            marker=".",
-            label="valid ELBO",
-        )
-    best = _best_record(records)
-    if best is not None:
-        y = best["valid_elbo"] if best.get("valid_elbo") is not None else -best["train_loss"]
-        ax.axvline(best["epoch"], color="tab:green", linestyle="--", linewidth=1)
-        ax.plot([best["epoch"]], [y], marker="*", markersize=14, color="tab:green", linestyle="")
-        ax.plot([], [], color="tab:green", linestyle="--", label=f"best epoch {best['epoch']}")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per data point")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    return _fig_png(fig)
-
-
 def _curves_section(records, metrics_note: str | None) -> str:
     if metrics_note:
         return _section("curves", "Training curves", _note(metrics_note))
     body = _safely(
         "the training-curve plot",
         lambda: _figure(
-            _curves_png(records),
+            curves_png(records, best=_best_record(records)),
             "training curves",
             "Minus the training loss (the training bound, KL warm-up included) and the "
             "validation ELBO per epoch; the star marks the best epoch (checkpoints/best.pt).",
@@ -424,7 +369,6 @@ def _images_section(run, load_error: str | None) -> str:
     shape = run.data.image_shape
     if shape is None:
         return _section("samples", title, _note("the data are not images: no image grids"))
-    from ppvae.infer.isolation import isolated_param_store
     from ppvae.run import model_inputs
 
     figures = []
@@ -453,11 +397,8 @@ def _images_section(run, load_error: str | None) -> str:
             torch.manual_seed(seed)
             recon = run.model.reconstruct(inputs[0], run.guide, *inputs[1:]).cpu()
         data = inputs[0].cpu()
-        ncols = min(8, len(data))
-        rows = []
-        for i in range(0, len(data), ncols):
-            rows.extend([data[i : i + ncols], recon[i : i + ncols]])
-        png, width = _grid_png(torch.cat(rows), shape, ncols)
+        images, ncols = reconstruction_grid(data, recon)
+        png, width = _grid_png(images, shape, ncols)
         return _figure(
             png,
             "test data and reconstructions",
@@ -522,7 +463,7 @@ def _project(z: torch.Tensor) -> tuple[np.ndarray, list[str], str]:
 
 
 def _latent_png(points: np.ndarray, axis_labels: list[str], y: np.ndarray | None) -> bytes:
-    fig = _new_figure(6.5, 5.2)
+    fig = new_figure(6.5, 5.2)
     ax = fig.add_subplot(1, 1, 1)
     if points.shape[1] == 1:  # a 1-D latent: against the label (or the index)
         other = y.astype(float) if y is not None else np.arange(len(points), dtype=float)
@@ -560,14 +501,13 @@ def _latent_png(points: np.ndarray, axis_labels: list[str], y: np.ndarray | None
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.grid(alpha=0.3)
-    return _fig_png(fig)
+    return figure_png(fig)
 
 
 def _latent_section(run, load_error: str | None) -> str:
     title = "Latent space"
     if run is None:
         return _section("latent", title, _note(f"model not loaded: {load_error}"))
-    from ppvae.infer.isolation import isolated_param_store
     from ppvae.run import model_inputs
 
     test = run.data.test
@@ -784,17 +724,16 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
     else:
         metrics_note = "no metrics.jsonl: no training curves"
 
-    if run is not None:
-        run.model.eval()
-        run.guide.eval()
-    sections = [
-        _facts_section(path, spec_dict, records, bad_lines, run, load_error, notes),
-        _spec_section(spec_text, spec_dict, spec_error),
-        _curves_section(records, metrics_note),
-        _images_section(run, load_error),
-        _latent_section(run, load_error),
-        _evaluation_section(path),
-    ]
+    # the figures in eval mode; a Run passed in gets its modules' modes back
+    with eval_mode(*((run.model, run.guide) if run is not None else ())):
+        sections = [
+            _facts_section(path, spec_dict, records, bad_lines, run, load_error, notes),
+            _spec_section(spec_text, spec_dict, spec_error),
+            _curves_section(records, metrics_note),
+            _images_section(run, load_error),
+            _latent_section(run, load_error),
+            _evaluation_section(path),
+        ]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in _SECTIONS)
     name = path.resolve().name

@@ -27,33 +27,74 @@ from ppvae.rundir import write_bytes_atomic  # noqa: E402
 
 __all__ = [
     "plot_curves",
+    "curves_png",
     "save_image_grid",
     "save_reconstructions",
+    "reconstruction_grid",
     "image_grid",
     "image_grid_png",
+    "new_figure",
+    "figure_png",
 ]
 
 
-def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Plot the training bound (minus the training loss) and the validation ELBO per epoch."""
+def new_figure(width: float, height: float):
+    """A matplotlib figure on the Agg canvas (pyplot's state and backend are left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    """The PNG bytes of a figure of :func:`new_figure` (laid out tight, 100 dpi)."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def curves_png(records: Sequence[dict[str, Any]], *, best: dict[str, Any] | None = None) -> bytes:
+    """The training curves as a PNG: minus the training loss (the training bound) and the
+    validation ELBO per epoch; ``best``, one of the records, marked when given."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure(7.5, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
     epochs = [r["epoch"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    train = [-r["train_loss"] if r.get("train_loss") is not None else math.nan for r in records]
-    ax.plot(epochs, train, marker=".", label="train bound (minus loss)")
+    train = [-r["train_loss"] if _number(r.get("train_loss")) else math.nan for r in records]
+    ax.plot(epochs, train, marker=".", label="train bound (minus train loss)")
     valid = [r.get("valid_elbo") for r in records]
     if any(v is not None for v in valid):
         ax.plot(
-            epochs, [math.nan if v is None else v for v in valid], marker=".", label="valid ELBO"
+            epochs,
+            [math.nan if v is None else v for v in valid],
+            marker=".",
+            label="valid ELBO",
         )
+    if best is not None:
+        y = best["valid_elbo"] if best.get("valid_elbo") is not None else -best["train_loss"]
+        ax.axvline(best["epoch"], color="tab:green", linestyle="--", linewidth=1)
+        ax.plot([best["epoch"]], [y], marker="*", markersize=14, color="tab:green", linestyle="")
+        ax.plot([], [], color="tab:green", linestyle="--", label=f"best epoch {best['epoch']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    ax.legend(loc="lower right", fontsize="small")
+    return figure_png(fig)
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Write :func:`curves_png` of ``records`` to ``path`` (atomically: a link at ``path``
+    is replaced, never followed)."""
+    write_bytes_atomic(path, curves_png(records))
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8) -> np.ndarray:
@@ -78,25 +119,37 @@ def save_image_grid(
     write_bytes_atomic(path, image_grid_png(images, image_shape, ncols))
 
 
-def image_grid_png(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8) -> bytes:
-    """The PNG bytes of :func:`save_image_grid`."""
+def image_grid_png(
+    images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8, *, scale: int | None = None
+) -> bytes:
+    """The PNG bytes of :func:`save_image_grid`: every pixel ``scale`` pixels wide (by
+    default as many as keep the grid within 512 pixels; ``scale=1``: the grid's own
+    resolution, for a browser to scale up)."""
     grid = image_grid(images, image_shape, ncols)
-    scale = max(1, 512 // max(grid.shape))
-    big = np.kron(grid, np.ones((scale, scale), dtype=np.float32))
+    if scale is None:
+        scale = max(1, 512 // max(grid.shape))
+    big = grid if scale == 1 else np.kron(grid, np.ones((scale, scale), dtype=np.float32))
     buf = io.BytesIO()
     plt.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     return buf.getvalue()
+
+
+def reconstruction_grid(data: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Data (odd rows) above their reconstructions (even rows): the images of one grid,
+    and its number of columns (a short last row is padded with blank images)."""
+    n = data.shape[0]
+    ncols = min(n, 8)
+    rows = []
+    for i in range(0, n, ncols):
+        chunks = [data[i : i + ncols], recon[i : i + ncols]]
+        pad = ncols - chunks[0].shape[0]
+        rows.extend(torch.cat([c, c.new_ones(pad, *c.shape[1:])]) for c in chunks)
+    return torch.cat(rows), ncols
 
 
 def save_reconstructions(
     data: torch.Tensor, recon: torch.Tensor, image_shape: Sequence[int], path: str | Path
 ) -> None:
     """Save data (odd rows) above their reconstructions (even rows) as one PNG grid."""
-    n = data.shape[0]
-    ncols = min(n, 8)
-    rows = []
-    for i in range(0, n, ncols):
-        chunks = [data[i : i + ncols], recon[i : i + ncols]]
-        pad = ncols - chunks[0].shape[0]  # a short last row is padded with blank images
-        rows.extend(torch.cat([c, c.new_ones(pad, *c.shape[1:])]) for c in chunks)
-    save_image_grid(torch.cat(rows), image_shape, path, ncols=ncols)
+    images, ncols = reconstruction_grid(data, recon)
+    save_image_grid(images, image_shape, path, ncols=ncols)

@@ -220,7 +220,7 @@ def remove_tree(path: str | Path) -> None:
 def write_marker(folder: str | Path, name: str = RUN_MARKER) -> None:
     """Mark ``folder`` as made by ppvae (``name``: :data:`RUN_MARKER` or
     :data:`EXPERIMENT_MARKER`)."""
-    from ppvae import __version__
+    from ppvae._version import __version__
 
     payload = {"format": _MARKER_FORMATS[name], "ppvae": __version__}
     write_text_atomic(Path(folder) / name, json.dumps(payload) + "\n")

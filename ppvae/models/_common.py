@@ -13,7 +13,15 @@ from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import SpecError
 from ppvae.nn import MLP, make_activation
 
-__all__ = ["GaussianLayer", "check_sizes", "check_activation", "one_hot"]
+__all__ = [
+    "GaussianLayer",
+    "check_latent_dim",
+    "check_sizes",
+    "check_activation",
+    "one_hot",
+    "kind_name",
+    "resolve_components",
+]
 
 
 def check_sizes(where: str, sizes: Sequence[int], *, allow_empty: bool = True) -> None:
@@ -24,8 +32,33 @@ def check_sizes(where: str, sizes: Sequence[int], *, allow_empty: bool = True) -
         raise SpecError(f"{where} sizes must be at least 1, got {list(sizes)}")
 
 
+def check_latent_dim(latent_dim: int) -> None:
+    """``model.latent_dim`` at least 1."""
+    if latent_dim < 1:
+        raise SpecError(f"model.latent_dim must be at least 1, got {latent_dim}")
+
+
 def check_activation(name: str) -> None:
     make_activation(name)
+
+
+def kind_name(cfg) -> str:
+    """A component config's ``kind`` (its class name when it has none), for messages."""
+    return getattr(cfg, "kind", type(cfg).__name__)
+
+
+def resolve_components(prior, guide, likelihood) -> tuple:
+    """The prior, guide and likelihood configs of a builder's arguments: a registered
+    kind's name becomes its default config; a config object is kept as it is."""
+    from ppvae.guides import GUIDES
+    from ppvae.likelihoods import LIKELIHOODS
+    from ppvae.priors import PRIORS
+
+    return (
+        PRIORS.get(prior)() if isinstance(prior, str) else prior,
+        GUIDES.get(guide)() if isinstance(guide, str) else guide,
+        LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood,
+    )
 
 
 def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:

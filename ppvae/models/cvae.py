@@ -27,8 +27,14 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppvae.data import Split
-from ppvae.errors import DataError, SpecError
-from ppvae.models._common import GaussianLayer, check_activation, check_sizes, one_hot
+from ppvae.errors import DataError
+from ppvae.models._common import (
+    GaussianLayer,
+    check_activation,
+    check_latent_dim,
+    check_sizes,
+    one_hot,
+)
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
@@ -107,8 +113,7 @@ class CVAEConfig(ModelConfig):
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        if self.latent_dim < 1:
-            raise SpecError(f"model.latent_dim must be at least 1, got {self.latent_dim}")
+        check_latent_dim(self.latent_dim)
         check_sizes("model.hidden", self.hidden)
         check_activation(self.activation)
 

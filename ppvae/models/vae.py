@@ -31,6 +31,13 @@ from torch import nn
 
 from ppvae.context import BuildContext
 from ppvae.errors import SpecError
+from ppvae.models._common import (
+    check_activation,
+    check_latent_dim,
+    check_sizes,
+    kind_name,
+    resolve_components,
+)
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
@@ -93,16 +100,10 @@ def build_vae(
     likelihood="bernoulli",
 ) -> tuple[VAE, VAEGuide]:
     """A VAE model/guide pair from component kinds (names or config objects)."""
-    from ppvae.guides import GUIDES
-    from ppvae.likelihoods import LIKELIHOODS
-    from ppvae.priors import PRIORS
-
     ctx = BuildContext(
         data_dim=data_dim, latent_dim=latent_dim, hidden=tuple(hidden), activation=activation
     )
-    prior_cfg = PRIORS.get(prior)() if isinstance(prior, str) else prior
-    guide_cfg = GUIDES.get(guide)() if isinstance(guide, str) else guide
-    lik_cfg = LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood
+    prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
     check_components(prior_cfg, guide_cfg)
     lik = lik_cfg.build(ctx)
     decoder = MLP(
@@ -117,10 +118,6 @@ def build_vae(
     return VAE(prior_module, decoder, lik), VAEGuide(posterior)
 
 
-def _kind(cfg) -> str:
-    return getattr(cfg, "kind", type(cfg).__name__)
-
-
 def check_components(prior, guide) -> None:
     """Refuse prior/guide configs that cannot work together (a :class:`SpecError`).
 
@@ -131,23 +128,16 @@ def check_components(prior, guide) -> None:
     if prior.needs_posterior:
         if not guide.amortized:
             raise SpecError(
-                f"prior.kind = {_kind(prior)!r} is built on the guide's posterior network and "
-                f"needs an amortized guide, but guide.kind = {_kind(guide)!r} is not amortized; "
+                f"prior.kind = {kind_name(prior)!r} is built on the guide's posterior network and "
+                f"needs an amortized guide, but guide.kind = {kind_name(guide)!r} is not amortized; "
                 'use an amortized guide such as "diagonal_normal"'
             )
         if not guide.log_prob_anywhere:
             raise SpecError(
-                f"prior.kind = {_kind(prior)!r} evaluates the guide's density at any z, which "
-                f"guide.kind = {_kind(guide)!r} cannot (it has no inverse); use "
+                f"prior.kind = {kind_name(prior)!r} evaluates the guide's density at any z, which "
+                f"guide.kind = {kind_name(guide)!r} cannot (it has no inverse); use "
                 '"diagonal_normal", "full_normal", "iaf" or "spline"'
             )
-
-
-def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> None:
-    if latent_dim < 1:
-        raise SpecError(f"model.latent_dim must be at least 1, got {latent_dim}")
-    if any(h < 1 for h in hidden):
-        raise SpecError(f"model.hidden sizes must be at least 1, got {list(hidden)}")
 
 
 @MODELS.register("vae")
@@ -162,10 +152,9 @@ class VAEConfig(ModelConfig):
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        _check_sizes(self.latent_dim, self.hidden)
-        from ppvae.nn import make_activation
-
-        make_activation(self.activation)
+        check_latent_dim(self.latent_dim)
+        check_sizes("model.hidden", self.hidden)
+        check_activation(self.activation)
 
     def check_spec(self, spec) -> None:
         """Refuse prior/guide combinations that cannot work together."""
