@@ -88,8 +88,10 @@ from ppvae.infer.objectives import (
 )
 from ppvae.infer.traces import (
     ParticlePlate,
+    broadcast_problem,
     data_scale,
     in_plate,
+    one_particle_log_weights,
     pad,
     reduce_local,
     scored_sites,
@@ -209,16 +211,24 @@ class RenyiBound(Objective):
 
     def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         k = self.num_particles
-        model_trace, guide_trace, layout = vectorized_traces(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=k,
-            plate=self.context.plate,
-            nesting=self._nesting,
-            only_within=self.context.plate,
-        )
+        try:
+            model_trace, guide_trace, layout = vectorized_traces(
+                model,
+                guide,
+                args,
+                kwargs,
+                num_particles=k,
+                plate=self.context.plate,
+                nesting=self._nesting,
+                only_within=self.context.plate,
+            )
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            if self._nesting is not None:
+                raise
+            # the first call: is it the particle dimension the programs cannot take?
+            one_particle_log_weights(model, guide, args, kwargs, self.context.plate)
+            self._refuse(f"it fails with a particle dimension ({type(error).__name__}: {error})")
+        first = self._nesting is None
         self._nesting = layout.max_plate_nesting
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample:
@@ -232,6 +242,17 @@ class RenyiBound(Objective):
         )
         points = local.shape[1]
         log_w = local.expand(k, points)
+        if first:  # vectorized particles are checked, not assumed
+            with torch.no_grad():
+                plain_local, plain_glob = weight_terms(
+                    model_trace, guide_trace, layout, self.context.plate, scaled_globals=False
+                )
+                problem = broadcast_problem(
+                    model, guide, args, kwargs, model_trace, guide_trace, layout,
+                    self.context.plate, (plain_local + plain_glob[:, None]).expand(k, points),
+                )  # fmt: skip
+            if problem is not None:
+                self._refuse(problem)
         scale = data_scale(model_trace, layout, self.context.plate)
         glob = glob.sum()
         value = (scale * self._bound(log_w)).sum() + glob
@@ -246,6 +267,15 @@ class RenyiBound(Objective):
 
     def _kind(self) -> str:
         return "iwae" if self.alpha == 0 else "renyi"
+
+    def _refuse(self, problem: str) -> None:
+        first = problem.strip().splitlines()[0] if problem.strip() else problem
+        raise SpecError(
+            f"the {self._kind()} objective draws its {self.num_particles} particles in a plate "
+            f"left of the programs' plates, and the model or guide does not broadcast over "
+            f"it ({first}); index from the right (x[..., t]) and let distributions broadcast, "
+            "or train with elbo"
+        )
 
     def _surrogate(self, model, guide, args, kwargs, model_trace, guide_trace, layout, log_w):
         """Per-point surrogate (B,) whose gradient is the stl / dreg estimate."""

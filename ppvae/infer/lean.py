@@ -148,17 +148,45 @@ class LeanElbo:
         return {k: v for k, v in self._counts.items() if v}
 
     def __call__(self, model, guide, args: tuple, kwargs: dict) -> torch.Tensor:
-        if self._pyro_only or (
-            # the particle plate's place is found by Pyro (it runs the programs once)
-            self.vectorize and not math.isfinite(self.pyro_elbo.max_plate_nesting)
-        ):
+        if self._pyro_only:
             return self._pyro(model, guide, args, kwargs)
         state = _rng_state()
-        loss, layout, eligible = self._lean(model, guide, args, kwargs)
+        if self.vectorize and not math.isfinite(self.pyro_elbo.max_plate_nesting):
+            # the particle plate's place is found by Pyro (it runs the programs once)
+            try:
+                reference = self._pyro(model, guide, args, kwargs)
+                after = _rng_state()
+                problem = self._broadcast_problem(model, guide, args, kwargs)
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                _set_rng_state(state)
+                self._particle_at(model, guide, args, kwargs, {})  # raises when not that
+                problem = f"it fails with a particle dimension ({type(error).__name__}: {error})"
+            if problem is None:
+                _set_rng_state(after)
+                return reference
+            _set_rng_state(state)
+            return self._unvectorize(problem, model, guide, args, kwargs)
+        try:
+            loss, layout, eligible = self._lean(model, guide, args, kwargs)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            if not self.vectorize or self._layouts:
+                raise
+            _set_rng_state(state)  # is it the particle dimension the programs cannot take?
+            self._particle_at(model, guide, args, kwargs, {})  # raises when not
+            _set_rng_state(state)
+            return self._unvectorize(
+                f"it fails with a particle dimension ({type(error).__name__}: {error})",
+                model, guide, args, kwargs,
+            )  # fmt: skip
         if self._layouts.get(layout):
             return loss
         # a new layout: compare with Pyro from the same random state, checks on
         after = _rng_state()
+        if self.vectorize:  # vectorized particles are checked, not assumed
+            problem = self._broadcast_problem(model, guide, args, kwargs)
+            if problem is not None:
+                _set_rng_state(state)
+                return self._unvectorize(problem, model, guide, args, kwargs)
         _set_rng_state(state)
         with pyro.validation_enabled(True):
             reference = self._pyro(model, guide, args, kwargs)
@@ -179,6 +207,80 @@ class LeanElbo:
             _set_rng_state(after)
             return loss
         return reference
+
+    def _unvectorize(self, problem: str, model, guide, args, kwargs) -> torch.Tensor:
+        """Draw the particles one at a time (Pyro's loop) from now on, saying why."""
+        first = problem.strip().splitlines()[0] if problem.strip() else problem
+        warnings.warn(
+            "the model or guide does not broadcast over a leading particle dimension "
+            f"({first}); the ELBO's {self.num_particles} particles are drawn one at a time "
+            "(slower)",
+            PpvaeWarning,
+            stacklevel=4,
+        )
+        self.vectorize = False
+        self.pyro_elbo = pyro.infer.Trace_ELBO(
+            num_particles=self.num_particles, vectorize_particles=False
+        )
+        self._pyro_only = True
+        self._counts["pyro"] += 1
+        return self._pyro(model, guide, args, kwargs)
+
+    def _broadcast_problem(self, model, guide, args, kwargs) -> str | None:
+        """Per-particle ELBO terms of a vectorized run of two particles against the same
+        draws replayed one particle at a time, without the particle plate."""
+        rank = int(self.pyro_elbo.max_plate_nesting) + 1
+        with torch.no_grad():
+            try:
+                with pyro.plate("num_particles_vectorized", 2, dim=-rank):
+                    guide_sites = record(guide, args, kwargs)
+                    replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
+                    model_sites = record(model, args, kwargs, replay)
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                return f"it fails with a particle dimension ({type(error).__name__}: {error})"
+            per = torch.zeros(2)
+            for sign, sites in ((1.0, model_sites), (-1.0, guide_sites)):
+                for site in sites:
+                    lp = scale_and_mask(
+                        site["fn"].log_prob(site["value"]), site["scale"], site["mask"]
+                    )
+                    lp = torch.as_tensor(lp)
+                    if lp.dim() > rank:
+                        return f"site {site['name']!r} has batch shape {tuple(lp.shape)}"
+                    lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
+                    per = per + sign * lp.reshape(lp.shape[0], -1).sum(-1).double().cpu()
+            for k in range(2):
+                values = {}
+                for site in guide_sites:
+                    if site["is_observed"]:
+                        continue
+                    value = site["value"]
+                    axis = value.dim() - site["fn"].event_dim - rank
+                    if axis < 0 or value.shape[axis] != 2:
+                        return (
+                            f"guide site {site['name']!r} has shape {tuple(value.shape)} without "
+                            f"the particle dimension at dim {-rank}"
+                        )
+                    values[site["name"]] = {"value": value.select(axis, k), "infer": site["infer"]}
+                try:
+                    single, _, _ = self._particle_at(model, guide, args, kwargs, values)
+                except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                    return f"one particle at a time it fails ({type(error).__name__}: {error})"
+                if not _close(-single, per[k]):
+                    return (
+                        "its vectorized ELBO terms differ from the same draws taken one particle "
+                        f"at a time ({float(per[k]):.6g} vs {float(-single):.6g})"
+                    )
+        return None
+
+    def _particle_at(self, model, guide, args, kwargs, values):
+        guide_sites = record(guide, args, kwargs, values)
+        replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
+        model_sites = record(model, args, kwargs, replay)
+        elbo = sum(_log_prob_sum(s) for s in model_sites) - sum(
+            _log_prob_sum(s) for s in guide_sites
+        )
+        return -torch.as_tensor(elbo).double().cpu(), guide_sites, model_sites
 
     def _pyro(self, model, guide, args, kwargs) -> torch.Tensor:
         return self.pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)

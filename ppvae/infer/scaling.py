@@ -3,7 +3,9 @@
 :class:`MinibatchScale` makes a minibatch loss an unbiased estimate of the full-data
 bound, divided by the data set size: sites inside the data plate are scaled by ``1/B``
 (B the batch size) and sites outside it (global latents and parameters) by ``1/N``.
-For a model with only local latents this is the plain mean over the batch.
+For a model with only local latents this is the plain mean over the batch. A data plate
+that subsamples itself (``pyro.plate(name, N, subsample=idx)``) has had its sites scaled
+by ``N/B`` by Pyro already: they are scaled by ``1/N`` more, so the scale is applied once.
 
 :class:`LatentScale` multiplies the log-densities of latent (unobserved) sites by a
 weight, in model and guide alike: with an ELBO this scales :math:`E_q[\\log p(z) - \\log
@@ -41,8 +43,16 @@ class MinibatchScale(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] != "sample":
             return
-        local = any(frame.name == self.plate for frame in msg["cond_indep_stack"])
-        msg["scale"] = (self.local_scale if local else self.global_scale) * msg["scale"]
+        for frame in msg["cond_indep_stack"]:
+            if frame.name == self.plate:
+                factor = self.local_scale
+                if frame.full_size is not None and frame.full_size != frame.size:
+                    # pyro.plate(N, subsample=...) has scaled the site by N / size already
+                    factor = factor * frame.size / frame.full_size
+                break
+        else:
+            factor = self.global_scale
+        msg["scale"] = factor * msg["scale"]
 
 
 class LatentScale(Messenger):

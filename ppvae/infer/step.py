@@ -55,7 +55,7 @@ from ppvae.infer.config import TrainConfig, resolve_device
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
 from ppvae.infer.programs import modules_of
 from ppvae.infer.scaling import LatentScale, MinibatchScale
-from ppvae.infer.traces import data_errors
+from ppvae.infer.traces import data_errors, data_frame, guide_and_model_traces
 
 __all__ = ["Setup", "TrainState", "History", "init", "step", "make_optimizer", "scaled"]
 
@@ -388,9 +388,18 @@ def _check_first_batch(state: TrainState, args: Batch, kwargs: dict, size: int) 
     """Run the objective once with Pyro's validation on, so that bad data or a program
     the objective cannot train fails here with a clear message, not deep in the loop."""
     s = state.setup
-    model = scaled(s.model, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
-    guide = scaled(s.guide, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
     with data_errors(args, "a training batch"), pyro.validation_enabled(True):
+        with poutine.block(), torch.no_grad():
+            traces = guide_and_model_traces(s.model, s.guide, args, kwargs, None)
+        # the minibatch scaling needs the data plate: one that no site uses is an error
+        frame = data_frame(traces, s.plate, args)
+        if frame.full_size is not None and frame.full_size not in (frame.size, s.num_data):
+            raise SpecError(
+                f"plate {s.plate!r} subsamples {frame.size} of {frame.full_size} points but "
+                f"the training data holds {s.num_data}; give the plate the data set's size"
+            )
+        model = scaled(s.model, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
+        guide = scaled(s.guide, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
         s.objective.loss_and_grads(model, guide, *args, **kwargs)
     reached = any(p.grad is not None for p in s.params)
     state.optimizer.zero_grad(set_to_none=True)
