@@ -10,7 +10,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ import torch
 from ppvae.distributed import DistInfo
 from ppvae.errors import DataError
 
-__all__ = ["Batch", "as_tensors", "in_order", "shuffled"]
+__all__ = ["Batch", "Stream", "Source", "as_tensors", "in_order", "shuffled", "interleave", "move"]
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -78,3 +80,192 @@ def shuffled(
                 continue
             idx = torch.tensor_split(idx, world)[dinfo.rank]
         yield tuple(t.index_select(0, idx) for t in tensors), size
+
+
+@dataclass
+class Stream:
+    r"""A source of training batches for :func:`ppvae.fit`, optionally with programs and an
+    objective of its own (e.g. the labelled points of a semi-supervised model, trained
+    with a classification term, beside the unlabelled ones).
+
+    Args:
+        batches: in-memory tensors (a tensor or tuple of tensors with data points on dim
+            0: batched and shuffled by ppvae), a ``torch.utils.data.Dataset``, or any
+            re-iterable of ready batches (a ``DataLoader``, a list): each batch a tensor,
+            a tuple of positional arguments, a dict of keyword arguments or a pair
+            ``(args, kwargs)``.
+        num_data: the number of data points the stream's batches cover in an epoch (taken
+            from the tensors, the Dataset or ``loader.dataset`` when not given).
+        model, guide, objective: the stream's programs and objective (default: fit's).
+
+    Every step on a stream scales its data-plate sites by one over the batch's points and
+    the other sites by one over the points of all streams, so an epoch over all streams
+    estimates the full-data bound per data point, as one stream holding all points would.
+    """
+
+    batches: Any
+    num_data: int | None = None
+    model: Callable | None = None
+    guide: Callable | None = None
+    objective: Any = None
+
+
+def move(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (or anything with ``.to``, e.g. a PackedSequence) on
+    ``device``, through tuples, lists and dicts."""
+    if isinstance(batch, tuple | list):
+        return type(batch)(move(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: move(v, device) for k, v in batch.items()}
+    to = getattr(batch, "to", None)
+    return to(device) if callable(to) else batch
+
+
+class Source:
+    """One stream's batches, epoch after epoch: ``epoch(state_epoch)`` yields
+    ``(batch, global_size)`` with ``global_size`` the global batch size under DDP (None
+    otherwise)."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator,
+        device: torch.device,
+        dinfo: DistInfo | None,
+        seed: int,
+        what: str,
+    ) -> None:
+        self.device, self.dinfo = device, dinfo
+        self.tensors = as_tensors(stream.batches, what)
+        self.loader = self.iterable = None
+        world = 1 if dinfo is None else dinfo.world_size
+        self.world = world
+        self.generator = generator if shuffle else None
+        self.batch_size = batch_size
+        data = stream.batches
+        if self.tensors is not None:
+            self.tensors = tuple(t.to(device) for t in self.tensors)
+            self.num_data = self.tensors[0].shape[0]
+            self.length = math.ceil(self.num_data / batch_size)
+        elif isinstance(data, torch.utils.data.Dataset) and not isinstance(
+            data, torch.utils.data.IterableDataset
+        ):
+            if len(data) == 0:
+                raise DataError(f"{what} is empty")
+            self.sampler = None
+            if dinfo is not None:
+                self.sampler = torch.utils.data.DistributedSampler(
+                    data, num_replicas=world, rank=dinfo.rank, shuffle=shuffle, seed=seed
+                )
+            self.loader = torch.utils.data.DataLoader(
+                data,
+                batch_size=max(1, batch_size // world),
+                shuffle=self.sampler is None and shuffle,
+                sampler=self.sampler,
+                generator=generator if self.sampler is None and shuffle else None,
+            )
+            self.num_data = len(data)
+            self.length = len(self.loader)
+        elif isinstance(data, Iterable) and not isinstance(data, str | bytes):
+            if isinstance(data, list | tuple) and any(
+                not isinstance(b, torch.Tensor | tuple | list | dict) for b in data
+            ):
+                raise DataError(
+                    f"{what} must be tensors, a Dataset or an iterable of batches (tensors, "
+                    f"tuples or dicts), got a {type(data).__name__} of "
+                    f"{type(next(b for b in data if not isinstance(b, torch.Tensor | tuple | list | dict))).__name__}"
+                )
+            if iter(data) is data:
+                raise DataError(
+                    f"{what} is an iterator, which one epoch would use up; pass a re-iterable "
+                    "(a list of batches or a DataLoader)"
+                )
+            if dinfo is not None:
+                raise DataError(
+                    f"{what}: distributed training takes tensors or a Dataset (ppvae splits "
+                    "them between processes), not ready-made batches"
+                )
+            self.iterable = data
+            num = stream.num_data
+            if num is None and hasattr(data, "dataset"):
+                num = len(data.dataset)
+            if num is None:
+                raise DataError(
+                    f"{what} is an iterable of batches whose number of data points ppvae "
+                    "cannot tell; give it as Stream(batches, num_data=N)"
+                )
+            self.num_data = num
+            self.length = len(data) if hasattr(data, "__len__") else None
+        else:
+            raise DataError(
+                f"{what} must be tensors, a Dataset or an iterable of batches, got "
+                f"{type(data).__name__}"
+            )
+        if (
+            stream.num_data is not None
+            and stream.num_data != self.num_data
+            and self.iterable is None
+        ):
+            raise DataError(
+                f"{what}: num_data = {stream.num_data} but the data holds {self.num_data} points"
+            )
+
+    def first(self) -> Any:
+        """A first batch (in order, not shuffled), on the device."""
+        if self.tensors is not None:
+            return next(in_order(self.tensors, self.batch_size))
+        source = self.loader if self.loader is not None else self.iterable
+        try:
+            batch = next(iter(source))
+        except StopIteration:
+            raise DataError("the training data yields no batch") from None
+        return move(batch, self.device)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Any, int | None]]:
+        ddp = self.dinfo is not None
+        if self.tensors is not None:
+            for batch, size in shuffled(
+                self.tensors, self.batch_size, self.generator, self.device, self.dinfo
+            ):
+                yield batch, size if ddp else None
+            return
+        if self.loader is not None:
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            for batch in self.loader:
+                batch = move(batch, self.device)
+                yield batch, (_first_dim(batch) * self.world if ddp else None)
+            return
+        for batch in self.iterable:
+            yield move(batch, self.device), None
+
+
+def _first_dim(batch: Any) -> int:
+    for t in batch if isinstance(batch, tuple | list) else (batch,):
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            return t.shape[0]
+    raise DataError("a Dataset must yield tensors or tuples of tensors")
+
+
+def interleave(
+    epochs: Sequence[Iterator], lengths: Sequence[int | None]
+) -> Iterator[tuple[int, Any]]:
+    """``(stream index, item)`` from several iterators, spread evenly over the epoch by
+    their lengths (round robin among those of unknown length)."""
+    iterators = list(epochs)
+    done = [0] * len(iterators)
+    active = list(range(len(iterators)))
+    while active:
+        i = min(
+            active,
+            key=lambda j: (done[j] + 1) / lengths[j] if lengths[j] else float(done[j] + 1),
+        )
+        try:
+            item = next(iterators[i])
+        except StopIteration:
+            active.remove(i)
+            continue
+        done[i] += 1
+        yield i, item

@@ -264,6 +264,10 @@ class LeanElbo:
                     values[site["name"]] = {"value": value.select(axis, k), "infer": site["infer"]}
                 try:
                     single, _, _ = self._particle_at(model, guide, args, kwargs, values)
+                except NotImplementedError:
+                    # a density only at its own draws (a flow without inverse): no replay;
+                    # check that every site carries the particle dimension instead
+                    return _structural_problem(guide_sites + model_sites, rank)
                 except (RuntimeError, ValueError, IndexError, TypeError) as error:
                     return f"one particle at a time it fails ({type(error).__name__}: {error})"
                 if not _close(-single, per[k]):
@@ -312,6 +316,20 @@ class LeanElbo:
         if not isinstance(elbo, torch.Tensor):
             elbo = torch.zeros(())
         return -elbo / k, _layout(guide_sites, model_sites), eligible
+
+
+def _structural_problem(sites: list[dict], rank: int) -> str | None:
+    """Every site has the particle dimension (size 2, at dim ``-rank``) in its
+    log-density (None), or a sentence naming the first that does not."""
+    for site in sites:
+        shape = tuple(torch.as_tensor(site["fn"].log_prob(site["value"])).shape)
+        padded = (1,) * (rank - len(shape)) + shape
+        if len(padded) > rank or padded[0] != 2:
+            return (
+                f"site {site['name']!r} has log-density shape {shape}, without the particle "
+                f"dimension at dim {-rank}"
+            )
+    return None
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

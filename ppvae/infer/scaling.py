@@ -27,25 +27,28 @@ from __future__ import annotations
 
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["MinibatchScale", "LatentScale"]
+__all__ = ["MinibatchScale", "LatentScale", "Scaling"]
 
 
 class MinibatchScale(Messenger):
-    """Scale sample sites inside plate ``plate`` by ``local_scale``, others by
-    ``global_scale``."""
+    """Scale sample sites inside plate ``plate`` by ``local_scale`` (None: one over the
+    plate's size, i.e. the batch's), others by ``global_scale``."""
 
-    def __init__(self, plate: str, local_scale: float, global_scale: float) -> None:
+    def __init__(self, plate: str, local_scale: float | None, global_scale: float) -> None:
         super().__init__()
         self.plate = plate
         self.local_scale = local_scale
         self.global_scale = global_scale
+        #: the size of the data plate last seen (the batch's number of points)
+        self.points: int | None = None
 
     def _process_message(self, msg) -> None:
         if msg["type"] != "sample":
             return
         for frame in msg["cond_indep_stack"]:
             if frame.name == self.plate:
-                factor = self.local_scale
+                self.points = frame.size
+                factor = 1.0 / frame.size if self.local_scale is None else self.local_scale
                 if frame.full_size is not None and frame.full_size != frame.size:
                     # pyro.plate(N, subsample=...) has scaled the site by N / size already
                     factor = factor * frame.size / frame.full_size
@@ -65,3 +68,20 @@ class LatentScale(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.weight * msg["scale"]
+
+
+class Scaling(MinibatchScale):
+    """Minibatch scaling and KL warm-up in one messenger whose settings change from step to
+    step (:func:`ppvae.step` keeps one per program and wraps the programs once)."""
+
+    def __init__(self, plate: str) -> None:
+        super().__init__(plate, None, 1.0)
+        self.kl_weight = 1.0
+
+    def set(self, local_scale: float | None, global_scale: float, kl_weight: float) -> None:
+        self.local_scale, self.global_scale, self.kl_weight = local_scale, global_scale, kl_weight
+
+    def _process_message(self, msg) -> None:
+        super()._process_message(msg)
+        if msg["type"] == "sample" and not msg["is_observed"] and self.kl_weight != 1.0:
+            msg["scale"] = self.kl_weight * msg["scale"]

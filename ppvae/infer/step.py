@@ -54,10 +54,20 @@ from ppvae.errors import SpecError, TrainingError
 from ppvae.infer.config import TrainConfig, resolve_device
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
 from ppvae.infer.programs import modules_of
-from ppvae.infer.scaling import LatentScale, MinibatchScale
+from ppvae.infer.scaling import LatentScale, MinibatchScale, Scaling
 from ppvae.infer.traces import data_errors, data_frame, guide_and_model_traces
 
-__all__ = ["Setup", "TrainState", "History", "init", "step", "make_optimizer", "scaled"]
+__all__ = [
+    "Setup",
+    "Program",
+    "TrainState",
+    "History",
+    "init",
+    "step",
+    "make_optimizer",
+    "scaled",
+    "call_parts",
+]
 
 Batch = tuple[Any, ...]
 
@@ -81,14 +91,24 @@ class History:
         return f"History(epochs={len(self)}, last={last})"
 
 
+class Program:
+    """One stream's model, guide and objective (with its context), and the scaling
+    messenger both programs run under (settings changed by every step)."""
+
+    def __init__(self, model: Callable, guide: Callable, objective: Objective) -> None:
+        self.model, self.guide, self.objective = model, guide, objective
+        self.scaling = Scaling(objective.context.plate)
+        self.scaled_model = self.scaling(model)
+        self.scaled_guide = self.scaling(guide)
+
+
 @dataclass(frozen=True, eq=False)
 class Setup:
-    """What :func:`step` uses and never changes: the programs, the objective (with its
-    context), the parameters, the settings and the data size."""
+    """What :func:`step` uses and never changes: the programs and objectives of each data
+    stream (``programs[0]`` the main one), the parameters, the settings and the data
+    size (all streams' points)."""
 
-    model: Callable
-    guide: Callable
-    objective: Objective
+    programs: tuple[Program, ...]
     params: tuple[torch.Tensor, ...]
     param_names: tuple[str, ...]
     config: TrainConfig
@@ -99,6 +119,10 @@ class Setup:
     is_main_process: bool = True
     ddp: nn.Module | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    model = property(lambda self: self.programs[0].model)
+    guide = property(lambda self: self.programs[0].guide)
+    objective = property(lambda self: self.programs[0].objective)
 
     @property
     def plate(self) -> str:
@@ -201,12 +225,9 @@ class TrainState:
 
 def _networks(setup: Setup) -> list[nn.Module]:
     """The networks of the programs that are not modules themselves."""
-    return [
-        m
-        for fn in (setup.model, setup.guide)
-        if not isinstance(fn, nn.Module)
-        for m in modules_of(fn)
-    ]
+    fns = [fn for p in setup.programs for fn in (p.model, p.guide)]
+    skip = (setup.model, setup.guide)  # saved as "model" and "guide"
+    return modules_of(*[fn for fn in fns if not any(fn is k for k in skip)]) if fns else []
 
 
 def scaled(fn: Callable, plate: str, local: float, global_: float, kl_weight: float) -> Callable:
@@ -274,25 +295,25 @@ def _parameters(model, guide, args: Batch, kwargs: dict) -> tuple[list[str], lis
     return [n for n, _ in pairs], [p for _, p in pairs]
 
 
-def _call_parts(batch: Any) -> tuple[Batch, dict[str, Any]]:
-    """A batch as positional and keyword arguments of the programs."""
-    if isinstance(batch, torch.Tensor):
-        return (batch,), {}
+def call_parts(batch: Any) -> tuple[Batch, dict[str, Any]]:
+    """A batch as the programs' positional and keyword arguments: a tensor is the one
+    argument, a tuple or list the positional ones, a dict the keyword ones, and a pair
+    ``(tuple, dict)`` both (e.g. ``((x,), {"annealing_factor": 0.5})``)."""
+    pair = isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], dict)
+    if pair and isinstance(batch[0], tuple | list):
+        return tuple(batch[0]), dict(batch[1])
+    if isinstance(batch, dict):
+        return (), dict(batch)
     if isinstance(batch, tuple | list):
         return tuple(batch), {}
-    raise SpecError(
-        f"a batch must be a tensor or a tuple of the programs' arguments, got {type(batch).__name__}"
-    )
+    return (batch,), {}
 
 
-def _batch_size(args: Batch, plate: str) -> int:
-    for a in args:
+def _points(args: Batch, kwargs: dict) -> int | None:
+    for a in (*args, *kwargs.values()):
         if isinstance(a, torch.Tensor) and a.dim() > 0:
             return a.shape[0]
-    raise SpecError(
-        f"cannot tell the batch size for plate {plate!r}: no argument is a tensor with data "
-        "points on dim 0"
-    )
+    return None
 
 
 def init(
@@ -305,6 +326,8 @@ def init(
     config: TrainConfig | None = None,
     num_data: int | None = None,
     plate: str = "data",
+    streams: Sequence[tuple[Callable, Callable, Any, Any]] = (),
+    steps_per_epoch: int | None = None,
     rank: int = 0,
     world_size: int = 1,
     ddp: Callable[[nn.Module], nn.Module] | None = None,
@@ -319,12 +342,17 @@ def init(
         optimizer: None (the config's ``optimizer``/``lr``/``weight_decay``), a name
             (``"adam"``, ``"adamw"``, ``"sgd"``), a torch optimizer class, or a callable
             ``params -> torch.optim.Optimizer``.
-        example_batch: a batch (a tensor or a tuple of arguments) on the training device;
-            the programs are run on it once to find ``pyro.param`` sites and check them.
+        example_batch: a batch on the training device (see :func:`call_parts`); the
+            programs are run on it once to find ``pyro.param`` sites and check them.
         config: the :class:`TrainConfig` (default settings when None).
-        num_data: the number of data points the batches are drawn from (default: the
-            example batch's size), for the minibatch scaling.
+        num_data: the number of data points the batches are drawn from, all streams
+            together (default: the example batch's size), for the minibatch scaling.
         plate: the name of the data plate.
+        streams: further data streams as ``(model, guide, objective, example_batch)``
+            (e.g. the labelled points of a semi-supervised model, with their own
+            programs); :func:`step` takes ``stream=i`` (1, 2, ...) for their batches.
+        steps_per_epoch: steps in an epoch (for KL warm-up and progress; default
+            ``ceil(num_data / batch_size)``).
         rank, world_size, ddp: distributed training (set by :func:`ppvae.fit`): this
             process's rank, the number of processes, and a wrapper of the loss module.
         metadata: stored as is in every checkpoint (e.g. the spec).
@@ -339,74 +367,93 @@ def init(
     sample_seed = config.seed + 7919 * rank
     if example_batch is None:
         raise SpecError("init needs an example_batch to find and check the parameters")
-    objective = build_objective(objective).with_context(ObjectiveContext(plate=plate))
-    args, kwargs = _call_parts(example_batch)
-    size = _batch_size(args, plate)
-    num_data = size if num_data is None else num_data
+    context = ObjectiveContext(plate=plate)
+    parts = [(model, guide, objective, example_batch), *streams]
+    programs = tuple(
+        Program(m, g, build_objective(o if o is not None else objective).with_context(context))
+        for m, g, o, _ in parts
+    )
+    examples = [call_parts(b) for *_, b in parts]
+    if num_data is None:
+        num_data = _points(*examples[0])
     if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-        raise SpecError(f"num_data must be a positive integer, got {num_data!r}")
+        raise SpecError(
+            f"num_data must be a positive integer (the number of data points), got {num_data!r}"
+        )
     device = next(
-        (a.device for a in args if isinstance(a, torch.Tensor)),
+        (
+            a.device
+            for a in (*examples[0][0], *examples[0][1].values())
+            if isinstance(a, torch.Tensor)
+        ),
         resolve_device(config.device),
     )
     pyro.set_rng_seed(sample_seed)
-    with data_errors(args, "a training batch"), pyro.validation_enabled(True):
-        names, params = _parameters(model, guide, args, kwargs)
-    if not params:
+    found: dict[int, tuple[str, torch.Tensor]] = {}
+    for program, (args, kwargs) in zip(programs, examples, strict=True):
+        with data_errors(args, "a training batch"), pyro.validation_enabled(True):
+            for name, p in zip(
+                *_parameters(program.model, program.guide, args, kwargs), strict=True
+            ):
+                found.setdefault(id(p), (name, p))
+    if not found:
         raise SpecError("the model and guide have no trainable parameters")
+    names = [n for n, _ in found.values()]
+    params = [p for _, p in found.values()]
     opt = make_optimizer(optimizer, params, config)
     ddp_module = None
     if ddp is not None:
-        if not objective.differentiable:
+        if len(programs) > 1 or not programs[0].objective.differentiable:
             raise SpecError(
-                f"objective {objective!r} computes its own gradients and cannot be used "
-                "with distributed training; use elbo, meanfield_elbo, iwae or renyi"
+                "distributed training takes one data stream and an objective with a "
+                "differentiable loss (elbo, meanfield_elbo, iwae or renyi)"
             )
-        ddp_module = ddp(_ObjectiveModule(model, guide, objective))
+        ddp_module = ddp(_ObjectiveModule(model, guide, programs[0].objective))
     setup = Setup(
-        model=model,
-        guide=guide,
-        objective=objective,
+        programs=programs,
         params=tuple(params),
         param_names=tuple(names),
         config=config,
         num_data=num_data,
         device=device,
-        steps_per_epoch=math.ceil(num_data / config.batch_size),
+        steps_per_epoch=steps_per_epoch or math.ceil(num_data / config.batch_size),
         world_size=world_size,
         is_main_process=rank == 0,
         ddp=ddp_module,
         metadata=dict(metadata or {}),
     )
     state = TrainState(setup=setup, optimizer=opt)
-    _check_first_batch(state, args, kwargs, size)
+    for program, (args, kwargs) in zip(programs, examples, strict=True):
+        _check_first_batch(state, program, args, kwargs)
     pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again
     return state
 
 
-def _check_first_batch(state: TrainState, args: Batch, kwargs: dict, size: int) -> None:
+def _check_first_batch(state: TrainState, program: Program, args: Batch, kwargs: dict) -> None:
     """Run the objective once with Pyro's validation on, so that bad data or a program
     the objective cannot train fails here with a clear message, not deep in the loop."""
     s = state.setup
+    plate = program.objective.context.plate
     with data_errors(args, "a training batch"), pyro.validation_enabled(True):
         with poutine.block(), torch.no_grad():
-            traces = guide_and_model_traces(s.model, s.guide, args, kwargs, None)
+            traces = guide_and_model_traces(program.model, program.guide, args, kwargs, None)
         # the minibatch scaling needs the data plate: one that no site uses is an error
-        frame = data_frame(traces, s.plate, args)
+        frame = data_frame(traces, plate, args)
         if frame.full_size is not None and frame.full_size not in (frame.size, s.num_data):
             raise SpecError(
-                f"plate {s.plate!r} subsamples {frame.size} of {frame.full_size} points but "
+                f"plate {plate!r} subsamples {frame.size} of {frame.full_size} points but "
                 f"the training data holds {s.num_data}; give the plate the data set's size"
             )
-        model = scaled(s.model, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
-        guide = scaled(s.guide, s.plate, 1.0 / size, 1.0 / s.num_data, 1.0)
-        s.objective.loss_and_grads(model, guide, *args, **kwargs)
+        program.scaling.set(None, 1.0 / s.num_data, 1.0)
+        program.objective.loss_and_grads(
+            program.scaled_model, program.scaled_guide, *args, **kwargs
+        )
     reached = any(p.grad is not None for p in s.params)
     state.optimizer.zero_grad(set_to_none=True)
     if not reached:
         raise SpecError(
-            f"objective {s.objective!r} gave no gradient to any parameter of the model or "
-            "guide; make the parameters visible to it (pyro.module / PyroModule / "
+            f"objective {program.objective!r} gave no gradient to any parameter of the model "
+            "or guide; make the parameters visible to it (pyro.module / PyroModule / "
             "pyro.param) or use another objective"
         )
 
@@ -419,45 +466,50 @@ class _ObjectiveModule(nn.Module):
         self.model = model
         self.guide = guide
         self.objective = objective
+        self.scaling = Scaling(objective.context.plate)
 
-    def forward(self, local: float, global_: float, kl_weight: float, args, kwargs):
-        plate = self.objective.context.plate
+    def forward(self, local: float | None, global_: float, kl_weight: float, args, kwargs):
+        self.scaling.set(local, global_, kl_weight)
         return self.objective.loss(
-            scaled(self.model, plate, local, global_, kl_weight),
-            scaled(self.guide, plate, local, global_, kl_weight),
-            *args,
-            **kwargs,
+            self.scaling(self.model), self.scaling(self.guide), *args, **kwargs
         )
 
 
 def step(
-    state: TrainState, batch: Any, *, global_size: int | None = None
+    state: TrainState, batch: Any, *, global_size: int | None = None, stream: int = 0
 ) -> tuple[TrainState, dict[str, Any]]:
-    """One optimization step on ``batch`` (a tensor or a tuple of the programs' arguments).
+    """One optimization step on ``batch`` (see :func:`call_parts`) of data stream
+    ``stream`` (0: the main one, see :func:`init`'s ``streams``).
 
-    ``global_size`` is the size of the global batch this process's ``batch`` is part of
-    under DDP (the loss is scaled so that DDP's gradient average is the global batch's
-    mean). Returns the state (updated in place) and ``info`` with the detached ``loss``
-    (nats per data point) and ``grad_norm`` as 0-dim tensors, and ``skipped`` when the
-    step was dropped under ``on_nan = "skip"``.
+    The data-plate sites are scaled by one over the plate's size (the batch's points),
+    the others by one over ``num_data``. ``global_size`` is the size of the global
+    batch this process's ``batch`` is part of under DDP (the loss is scaled so that
+    DDP's gradient average is the global batch's mean). Returns the state (updated in
+    place) and ``info`` with the ``loss`` (nats per data point), the gradient norm before
+    clipping ``grad_norm`` and the batch's ``points``, and ``skipped`` when the step was
+    dropped under ``on_nan = "skip"``.
 
     A non-finite loss or gradient raises :class:`~ppvae.errors.TrainingError` naming the
     epoch and step (``on_nan = "stop"``) or drops the step (``"skip"``). The check reads
-    one number from the device per step.
+    one pair of numbers from the device per step (the NaN policy's only sync).
     """
     s = state.setup
-    args, kwargs = _call_parts(batch)
-    b = _batch_size(args, s.plate) if global_size is None else global_size
-    local, global_ = s.world_size / b, 1.0 / s.num_data
+    args, kwargs = call_parts(batch)
+    program = s.programs[stream]
+    local = None if global_size is None else s.world_size / global_size
+    global_ = 1.0 / s.num_data
     state.optimizer.zero_grad(set_to_none=True)
     if s.ddp is not None:
         loss = s.ddp(local, global_, state.kl_weight, args, kwargs)
         loss.backward()
         loss = loss.detach()
+        points = global_size
     else:
-        model = scaled(s.model, s.plate, local, global_, state.kl_weight)
-        guide = scaled(s.guide, s.plate, local, global_, state.kl_weight)
-        loss = s.objective.loss_and_grads(model, guide, *args, **kwargs)
+        program.scaling.set(local, global_, state.kl_weight)
+        loss = program.objective.loss_and_grads(
+            program.scaled_model, program.scaled_guide, *args, **kwargs
+        )
+        points = global_size or program.scaling.points
     loss = loss.detach().reshape(())
     clip = s.config.clip_norm
     if clip > 0:
@@ -470,20 +522,20 @@ def step(
     # the NaN policy's one read from the device per step
     loss_value, norm_value = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-        return _non_finite(state, loss_value, norm_value)
+        return _non_finite(state, loss_value, norm_value, points)
     state.optimizer.step()
     state.step += 1
     state.running_loss = loss_value
-    return state, {"loss": loss_value, "grad_norm": norm_value}
+    return state, {"loss": loss_value, "grad_norm": norm_value, "points": points}
 
 
-def _non_finite(state: TrainState, loss: float, norm: float):
+def _non_finite(state: TrainState, loss: float, norm: float, points: int | None):
     what = "loss" if not math.isfinite(loss) else "gradient"
     value = loss if what == "loss" else norm
     if state.setup.config.on_nan == "skip":
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        return state, {"loss": loss, "grad_norm": norm, "skipped": True}
+        return state, {"loss": loss, "grad_norm": norm, "points": points, "skipped": True}
     raise TrainingError(
         f"the {what} became {'NaN' if math.isnan(value) else 'infinite'} "
         f"at epoch {state.epoch + 1}, step {state.step + 1}; lower train.lr, set "

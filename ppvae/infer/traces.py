@@ -362,6 +362,10 @@ def broadcast_problem(
             values[name] = value
         try:
             single = one_particle_log_weights(model, guide, args, kwargs, plate, values)
+        except NotImplementedError:
+            # a guide whose density exists only at its own draws (a flow without inverse):
+            # no replay; check instead that every site carries the particle dimension
+            return _structural_problem(model_trace, guide_trace, layout, log_w.shape[0])
         except (RuntimeError, ValueError, IndexError, TypeError) as error:
             return f"one particle at a time it fails ({type(error).__name__}: {error})"
         ref = single.reshape(-1)
@@ -379,6 +383,26 @@ def broadcast_problem(
                 else f"its vectorized log weights have shape {tuple(vec.shape)}, one particle "
                 f"at a time {tuple(ref.shape)}"
             )
+    return None
+
+
+def _structural_problem(model_trace, guide_trace, layout: Layout, k: int) -> str | None:
+    """Every site drawn under the particle plate has the particle dimension in its value
+    and log-density (None), or a sentence naming the first that does not."""
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or not any(
+                f.name == PARTICLES for f in site["cond_indep_stack"]
+            ):
+                continue
+            lp = site.get("unscaled_log_prob", site.get("log_prob"))
+            shape = tuple(torch.as_tensor(lp).shape) if lp is not None else ()
+            padded = (1,) * (layout.rank - len(shape)) + shape
+            if len(padded) > layout.rank or padded[0] != k:
+                return (
+                    f"site {name!r} has log-density shape {shape}, without the particle "
+                    f"dimension of size {k} at dim {layout.particle_dim}"
+                )
     return None
 
 

@@ -53,7 +53,7 @@ import torch
 from ppvae import distributed
 from ppvae.checkpoint import load_checkpoint
 from ppvae.errors import DataError, TrainingError
-from ppvae.infer.batches import Batch, as_tensors, in_order, shuffled
+from ppvae.infer.batches import Batch, Source, Stream, as_tensors, in_order, interleave
 from ppvae.infer.callbacks import (
     Callback,
     Checkpointer,
@@ -105,20 +105,12 @@ def mean_elbo(
     return total
 
 
-def _first_batch(tensors, loader, batch_size, dev) -> Batch:
-    if loader is None:
-        return next(in_order(tensors, batch_size))
-    first = next(iter(loader))
-    return tuple(t.to(dev) for t in _loader_batch(first))
-
-
-def _loader_batch(batch: Any) -> Batch:
-    out = as_tensors(batch if isinstance(batch, tuple | list) else (batch,), "a loader batch")
-    if out is None:
-        raise DataError(
-            f"a Dataset must yield tensors or tuples of tensors, got {type(batch).__name__}"
-        )
-    return out
+def _streams(data: Any) -> list[Stream]:
+    if isinstance(data, Stream):
+        return [data]
+    if isinstance(data, list | tuple) and data and all(isinstance(d, Stream) for d in data):
+        return list(data)
+    return [Stream(data)]
 
 
 def fit(
@@ -145,7 +137,11 @@ def fit(
             ``PyroModule``\ s) taking a batch as their positional arguments, the observed
             data inside the plate ``plate``.
         data: a tensor or tuple of tensors with data points on dim 0 (kept on the device,
-            shuffled each epoch unless ``shuffle=False``), or a ``torch.utils.data.Dataset``.
+            shuffled each epoch unless ``shuffle=False``), a ``torch.utils.data.Dataset``,
+            any re-iterable of ready batches (a ``DataLoader``: tensors, argument tuples,
+            keyword dicts or ``(args, kwargs)`` pairs), or a list of
+            :class:`~ppvae.infer.batches.Stream`\ s (several sources per epoch, each with
+            its own programs and objective if needed, their batches spread evenly).
         objective: a kind name (``"elbo"``, ``"meanfield_elbo"``, ``"iwae"``, ...), an
             objective config, an :class:`~ppvae.infer.objectives.Objective` or any Pyro
             ELBO instance; it is the loss that is optimized, whatever its class.
@@ -181,34 +177,15 @@ def fit(
     dinfo = distributed.init_from_env(dev)
     if dinfo is not None and dev.type == "cuda":
         dev = torch.device("cuda", dinfo.local_rank)
-    to_device(dev, model, guide)
-
-    tensors = as_tensors(data, "the training data")
-    loader = sampler = None
-    world = 1 if dinfo is None else dinfo.world_size
+    streams = _streams(data)
+    to_device(dev, model, guide, *[fn for st in streams for fn in (st.model, st.guide) if fn])
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    if tensors is None:
-        if not isinstance(data, torch.utils.data.Dataset):
-            raise DataError(
-                f"training data must be a tensor, a tuple of tensors or a Dataset, got {type(data).__name__}"
-            )
-        if len(data) == 0:
-            raise DataError("the training data is empty")
-        num_train = len(data)
-        if dinfo is not None:
-            sampler = torch.utils.data.DistributedSampler(
-                data, num_replicas=world, rank=dinfo.rank, shuffle=config.shuffle, seed=config.seed
-            )
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=max(1, config.batch_size // world),
-            shuffle=sampler is None and config.shuffle,
-            sampler=sampler,
-            generator=shuffle_generator if sampler is None and config.shuffle else None,
-        )
-    else:
-        tensors = tuple(t.to(dev) for t in tensors)
-        num_train = tensors[0].shape[0]
+    sources = [
+        Source(st, config.batch_size, config.shuffle, shuffle_generator, dev, dinfo,
+               config.seed, "the training data" if len(streams) == 1 else f"data stream {i}")
+        for i, st in enumerate(streams)
+    ]  # fmt: skip
+    num_train = sum(src.num_data for src in sources)
     valid = None
     if valid_data is not None:
         valid = as_tensors(valid_data, "the validation data")
@@ -218,19 +195,14 @@ def fit(
 
     data_generator = None
     if train_transform is not None:
+        if any(src.tensors is None for src in sources):
+            raise DataError("train_transform applies to in-memory tensors only")
         rank = 0 if dinfo is None else dinfo.rank  # each process binarizes its own part
         data_generator = torch.Generator(device=dev).manual_seed(config.seed + 1 + 7919 * rank)
 
-    def epoch_batches() -> Iterator[tuple[Batch, int]]:
-        if loader is None:
-            generator = shuffle_generator if config.shuffle else None
-            yield from shuffled(tensors, config.batch_size, generator, dev, dinfo)
-            return
-        if sampler is not None:
-            sampler.set_epoch(state.epoch)
-        for batch in loader:
-            batch = tuple(t.to(dev) for t in _loader_batch(batch))
-            yield batch, batch[0].shape[0] * world
+    def epoch_batches() -> Iterator[tuple[int, tuple[Any, int | None]]]:
+        epochs = [src.epoch(state.epoch) for src in sources]
+        yield from interleave(epochs, [src.length for src in sources])
 
     ddp = None
     if dinfo is not None:
@@ -244,21 +216,27 @@ def fit(
         deterministic_algorithms(config.deterministic, dev),
         isolated_param_store(inherit=True) as trained,
     ):
-        first = _first_batch(tensors, loader, config.batch_size, dev)
+        firsts = [src.first() for src in sources]
         if train_transform is not None:
             generator = torch.Generator(device=dev).manual_seed(config.seed)
-            first = (train_transform(first[0], generator), *first[1:])
+            firsts = [(train_transform(f[0], generator), *f[1:]) for f in firsts]
+        lengths = [src.length for src in sources]
         state = init(
             model,
             guide,
             objective,
             optimizer,
-            first,
+            firsts[0],
             config=config,
             num_data=num_train,
             plate=plate,
+            streams=[
+                (st.model or model, st.guide or guide, st.objective, first)
+                for st, first in zip(streams[1:], firsts[1:], strict=True)
+            ],
+            steps_per_epoch=sum(lengths) if all(lengths) else None,
             rank=0 if dinfo is None else dinfo.rank,
-            world_size=world,
+            world_size=1 if dinfo is None else dinfo.world_size,
             ddp=ddp,
             metadata=metadata,
         )
@@ -325,17 +303,18 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
     train_mode(state.model, state.guide)
     device = state.setup.device
     total, count, skipped = 0.0, 0, 0
-    for batch, global_size in epoch_batches():
+    for stream, (batch, global_size) in epoch_batches():
         if transform is not None:
             batch = (transform(batch[0], state.data_generator), *batch[1:])
         for cb in cbs:
             cb.on_step_start(state)
-        state, info = step(state, batch, global_size=global_size)
+        state, info = step(state, batch, global_size=global_size, stream=stream)
         if info.get("skipped"):
             skipped += 1
         else:
-            total += info["loss"] * global_size
-            count += global_size
+            points = info["points"] or 1
+            total += info["loss"] * points
+            count += points
         for cb in cbs:
             cb.on_step_end(state, info)
     state.epoch += 1

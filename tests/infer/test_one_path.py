@@ -352,7 +352,7 @@ def test_init_and_step_in_a_user_loop_give_fits_numbers():
                 state, info = ppvae.step(state, (batch,))
                 total += info["loss"] * len(batch)
             per_epoch.append(total / 96)
-    assert state.step == 6 and set(info) == {"loss", "grad_norm"}
+    assert state.step == 6 and set(info) == {"loss", "grad_norm", "points"} and info["points"] == 32
     assert per_epoch == pytest.approx(history["train_loss"], rel=1e-6)
     assert set(state.named_params()) == {
         "model.net.0.weight", "model.net.0.bias", "model.net.2.weight", "model.net.2.bias",

@@ -515,7 +515,7 @@ class _Wrap2(nn.Module):
 @pytest.mark.parametrize(
     ("data", "pattern"),
     [
-        ([1.0, 2.0], "must be a tensor, a tuple of tensors or a Dataset"),
+        ([1.0, 2.0], "must be tensors, a Dataset or an iterable of batches"),
         (torch.zeros(0, D), "is empty"),
         ((torch.zeros(5, D), torch.zeros(4)), "share their first"),
         (torch.tensor(1.0), "share their first"),
