@@ -894,7 +894,7 @@ def main(argv=None) -> int:
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "guide": {k: v.detach().cpu().clone() for k, v in guide.state_dict().items()},
     }
-    probe = make_optimizer(None, [torch.zeros(1, requires_grad=True)], TrainConfig(lr=LR))
+    probe, _ = make_optimizer(None, [torch.zeros(1, requires_grad=True)], TrainConfig(lr=LR))
     ppvae_foreach = probe.defaults.get("foreach")
     if ppvae_foreach != TORCH_ADAM_FOREACH:
         print(

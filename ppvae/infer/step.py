@@ -135,6 +135,7 @@ class TrainState:
 
     setup: Setup
     optimizer: torch.optim.Optimizer
+    scheduler: Any = None
     epoch: int = 0
     step: int = 0
     kl_weight: float = 1.0
@@ -176,6 +177,7 @@ class TrainState:
             "modules": [m.state_dict() for m in _networks(s)],
             "params": {n: p.detach().clone() for n, p in zip(s.param_names, s.params, strict=True)},
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "rng": rng_state(),
             "shuffle_generator": self.shuffle_generator.get_state(),
             "epoch": self.epoch,
@@ -207,10 +209,15 @@ class TrainState:
                     p.copy_(saved)
         groups = [dict(g) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # the settings of this state's config apply from here on (a resume may change
+        # them); under a scheduler the learning rate is the scheduler's
+        keys = ("weight_decay",) if self.scheduler is not None else ("lr", "weight_decay")
         for group, settings in zip(self.optimizer.param_groups, groups, strict=True):
-            for key in ("lr", "weight_decay"):
+            for key in keys:
                 if key in settings:
                     group[key] = settings[key]
+        if self.scheduler is not None and checkpoint.get("scheduler") is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"])
         self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
         if self.data_generator is not None and "data_generator" in checkpoint:
@@ -241,10 +248,22 @@ def scaled(fn: Callable, plate: str, local: float, global_: float, kl_weight: fl
 
 def make_optimizer(
     optimizer: Any, params: Sequence[torch.Tensor], config: TrainConfig
-) -> torch.optim.Optimizer:
-    """A torch optimizer over ``params``: from the config's name (None), a
-    ``torch.optim.Optimizer`` subclass (built with the config's ``lr``), or any callable
-    ``params -> optimizer`` (e.g. ``functools.partial(torch.optim.SGD, lr=0.1)``)."""
+) -> tuple[torch.optim.Optimizer, Any]:
+    """A torch optimizer over ``params``, and a learning-rate scheduler or None.
+
+    ``optimizer`` may be None (the config's name, ``lr`` and ``weight_decay``), a
+    ``torch.optim.Optimizer`` subclass (built with the config's ``lr``), any callable
+    ``params -> optimizer`` (e.g. ``functools.partial(torch.optim.Adam, lr=1e-3,
+    betas=(0.8, 0.99))``), or one of Pyro's optimizers (``pyro.optim.ClippedAdam({...})``,
+    ``pyro.optim.Adam({...})``: the same torch optimizer with the same arguments, over all
+    parameters at once; Pyro's ``ClippedAdam`` clamps each gradient element, unlike
+    ``train.clip_norm``, which clips the total norm) or learning-rate schedulers
+    (``pyro.optim.ExponentialLR({"optimizer": ..., "optim_args": {...}, "gamma": ...})``,
+    which also gives the scheduler).
+    """
+    from pyro.optim.lr_scheduler import PyroLRScheduler
+    from pyro.optim.optim import PyroOptim
+
     params = list(params)
     if optimizer is None:
         kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
@@ -254,9 +273,20 @@ def make_optimizer(
         else:
             cls = torch.optim.SGD
             kwargs["momentum"] = 0.9
-        return cls(params, **kwargs)
+        return cls(params, **kwargs), None
+    if isinstance(optimizer, PyroOptim):
+        args = optimizer.pt_optim_args
+        if callable(args) or optimizer.pt_clip_args:
+            raise SpecError(
+                "a Pyro optimizer with per-parameter arguments or clip_args cannot be used by "
+                "ppvae; pass a dict of arguments, and train.clip_norm for clipping"
+            )
+        built = optimizer.pt_optim_constructor(params, **args)
+        if isinstance(optimizer, PyroLRScheduler):
+            return built, optimizer.pt_scheduler_constructor(built, **optimizer.kwargs)
+        return built, None
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer(params, lr=config.lr)
+        return optimizer(params, lr=config.lr), None
     if callable(optimizer):
         built = optimizer(params)
         if not isinstance(built, torch.optim.Optimizer):
@@ -264,10 +294,10 @@ def make_optimizer(
                 f"optimizer must build a torch.optim.Optimizer from the parameters, got "
                 f"{type(built).__name__}"
             )
-        return built
+        return built, None
     raise SpecError(
-        "optimizer must be None, a torch.optim.Optimizer class or a callable params -> "
-        f"optimizer, got {type(optimizer).__name__}"
+        "optimizer must be None, a torch.optim.Optimizer class, a callable params -> "
+        f"optimizer or a Pyro optimizer, got {type(optimizer).__name__}"
     )
 
 
@@ -323,6 +353,7 @@ def init(
     optimizer: Any = None,
     example_batch: Any = None,
     *,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     config: TrainConfig | None = None,
     num_data: int | None = None,
     plate: str = "data",
@@ -340,10 +371,15 @@ def init(
         objective: a kind name (``"elbo"``, ``"iwae"``, ...), an objective config, an
             :class:`~ppvae.infer.objectives.Objective` or any Pyro ELBO instance.
         optimizer: None (the config's ``optimizer``/``lr``/``weight_decay``), a name
-            (``"adam"``, ``"adamw"``, ``"sgd"``), a torch optimizer class, or a callable
-            ``params -> torch.optim.Optimizer``.
+            (``"adam"``, ``"adamw"``, ``"sgd"``), a torch optimizer class, a callable
+            ``params -> torch.optim.Optimizer`` or a Pyro optimizer or scheduler (see
+            :func:`make_optimizer`).
         example_batch: a batch on the training device (see :func:`call_parts`); the
             programs are run on it once to find ``pyro.param`` sites and check them.
+        scheduler: a callable ``optimizer -> torch.optim.lr_scheduler.LRScheduler``
+            (e.g. ``functools.partial(torch.optim.lr_scheduler.StepLR, step_size=10)``),
+            stepped by :func:`ppvae.fit` after every epoch (``ReduceLROnPlateau`` with
+            the monitored value); its state is part of the checkpoint.
         config: the :class:`TrainConfig` (default settings when None).
         num_data: the number of data points the batches are drawn from, all streams
             together (default: the example batch's size), for the minibatch scaling.
@@ -400,7 +436,10 @@ def init(
         raise SpecError("the model and guide have no trainable parameters")
     names = [n for n, _ in found.values()]
     params = [p for _, p in found.values()]
-    opt = make_optimizer(optimizer, params, config)
+    opt, pyro_scheduler = make_optimizer(optimizer, params, config)
+    if scheduler is not None and pyro_scheduler is not None:
+        raise SpecError("give the learning-rate schedule once: scheduler= or a Pyro scheduler")
+    sched = pyro_scheduler if scheduler is None else scheduler(opt)
     ddp_module = None
     if ddp is not None:
         if len(programs) > 1 or not programs[0].objective.differentiable:
@@ -422,7 +461,7 @@ def init(
         ddp=ddp_module,
         metadata=dict(metadata or {}),
     )
-    state = TrainState(setup=setup, optimizer=opt)
+    state = TrainState(setup=setup, optimizer=opt, scheduler=sched)
     for program, (args, kwargs) in zip(programs, examples, strict=True):
         _check_first_batch(state, program, args, kwargs)
     pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again

@@ -123,6 +123,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     valid_data: Any = None,
     optimizer: Any = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     plate: str = "data",
     out_dir: str | Path | None = None,
     train_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
@@ -150,8 +151,11 @@ def fit(
         callbacks: extra :class:`~ppvae.infer.callbacks.Callback`\ s.
         valid_data: data (tensor or tuple) whose ELBO per point is computed after every
             epoch (fixed random draws, eval mode); it drives ``best.pt`` and early stopping.
-        optimizer: None (the config's), a torch optimizer class or a callable
-            ``params -> torch.optim.Optimizer`` (see :func:`ppvae.infer.step.make_optimizer`).
+        optimizer: None (the config's), a torch optimizer class, a callable
+            ``params -> torch.optim.Optimizer`` or a Pyro optimizer or scheduler (see
+            :func:`ppvae.infer.step.make_optimizer`).
+        scheduler: ``optimizer -> LRScheduler``, stepped after every epoch
+            (``ReduceLROnPlateau`` with the validation ELBO, or minus the train loss).
         plate: the name of the data plate.
         out_dir: when given, writes ``metrics.jsonl`` and ``checkpoints/{last,best}.pt``.
         train_transform: ``f(x, generator) -> x`` applied to the first tensor of each
@@ -227,6 +231,7 @@ def fit(
             objective,
             optimizer,
             firsts[0],
+            scheduler=scheduler,
             config=config,
             num_data=num_train,
             plate=plate,
@@ -342,6 +347,12 @@ def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform,
         monitored = -record["train_loss"]
     if monitored > state.best_value:
         state.best_value, state.best_epoch = monitored, state.epoch
+    if state.scheduler is not None:
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(-monitored)
+        else:
+            state.scheduler.step()
+        record["lr"] = state.optimizer.param_groups[0]["lr"]
     record["seconds"] = time.perf_counter() - start
     state.history.records.append(record)
     for cb in cbs:

@@ -377,3 +377,45 @@ def test_init_takes_any_torch_optimizer_and_config_settings_are_checked():
         fit(model, guide, x, seed=-1)
     with pytest.raises(SpecError, match=r"train.lr must be positive and finite"):
         fit(model, guide, x, lr=float("nan"))
+
+
+# --------------------------------------------------------------------------------------
+# optimizers and schedules as a Pyro user writes them
+
+
+def test_pyro_optimizers_and_schedulers_are_taken_as_they_are():
+    import pyro.optim
+
+    model, guide = _user_pair()
+    schedule = pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.01}, "gamma": 0.5}
+    )
+    history = fit(model, guide, _data(), epochs=3, batch_size=32, progress=False,
+                  device="cpu", optimizer=schedule)  # fmt: skip
+    assert history["lr"] == pytest.approx([0.005, 0.0025, 0.00125])
+    model, guide = _user_pair()
+    history = fit(model, guide, _data(), epochs=1, batch_size=32, progress=False, device="cpu",
+                  optimizer=pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 1.0}))  # fmt: skip
+    state = history.state
+    assert type(state.optimizer).__name__ == "ClippedAdam"
+    assert state.optimizer.param_groups[0]["clip_norm"] == 1.0
+    model, guide = _user_pair()
+    history = fit(model, guide, _data(), epochs=3, batch_size=32, progress=False, device="cpu",
+                  scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2,
+                                              gamma=0.1))  # fmt: skip
+    assert history["lr"] == pytest.approx([1e-3, 1e-4, 1e-4])
+
+
+def test_a_scheduled_run_resumes_bit_for_bit(tmp_path):
+    def run(epochs, out, resume=None):
+        model, guide = _user_pair()
+        return fit(model, guide, _data(), epochs=epochs, batch_size=32, progress=False,
+                   device="cpu", out_dir=out, resume_from=resume,
+                   scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1,
+                                               gamma=0.5))  # fmt: skip
+
+    full = run(4, tmp_path / "full")
+    run(2, tmp_path / "part")
+    resumed = run(4, tmp_path / "part2", tmp_path / "part" / "checkpoints" / "last.pt")
+    assert resumed["train_loss"] == full["train_loss"]
+    assert resumed["lr"] == full["lr"]
