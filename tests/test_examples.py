@@ -60,8 +60,11 @@ def test_compare_objectives_prints_one_row_per_objective(repo):
 
 def test_readme_python_snippet_runs(repo):
     readme = (repo / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    code = code.replace("epochs=20", "epochs=2").replace("progress=True", "progress=False")
+    section = readme[readme.index("## Your own model") : readme.index("## Specs and the")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2  # the program with fit and the evaluator, then init / step
+    code = "\n".join(blocks)
+    code = code.replace("epochs=20", "epochs=2").replace("range(5)", "range(2)")
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=600
     )
@@ -69,3 +72,6 @@ def test_readme_python_snippet_runs(repo):
     pattern = r"log p\(x\) = (\S+) \+- (\S+) nats, median ESS (\S+), share of k-hat > 0.7: (\S+)"
     mean, sem, ess, bad = map(float, re.search(pattern, out.stdout).groups())
     assert -64 * 0.7 < mean < 0 and sem > 0 and 1 <= ess <= 1000 and 0 <= bad <= 1
+    # the user loop: two epochs of ceil(N / 128) steps, a finite loss per data point
+    steps, loss = re.search(r"^(\d+) (\S+)$", out.stdout, re.M).groups()
+    assert int(steps) % 2 == 0 and int(steps) >= 2 and 0 < float(loss) < 64 * 0.7
