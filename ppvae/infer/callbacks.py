@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppvae.checkpoint import save_checkpoint
+from ppvae.errors import RunDirError
 
 if TYPE_CHECKING:
     from ppvae.infer.train import TrainState
@@ -98,7 +100,18 @@ class MetricsLogger(Callback):
         if not state.is_main_process:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
+        # never through a link: a metrics.jsonl that is a symbolic link is refused
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as err:
+            if self.path.is_symlink():
+                raise RunDirError(
+                    f"{str(self.path)!r} is a symbolic link; ppvae never writes through links "
+                    "in a run folder: remove it"
+                ) from None
+            raise err
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(_json_safe(record)) + "\n")
             f.flush()
 

@@ -570,3 +570,18 @@ def test_valid_data_must_be_tensors():
     model, guide = pair()
     with pytest.raises(DataError, match="validation data"):
         fit(model, guide, X, valid_data=[1, 2], epochs=1, **FAST)
+
+
+def test_the_metrics_log_is_never_written_through_a_link(tmp_path):
+    """fit(out_dir=...) through the Python API refuses a metrics.jsonl that is a link and
+    leaves the file it points to as it was."""
+    from ppvae.errors import RunDirError
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").symlink_to(target)
+    model, guide = pair()
+    with pytest.raises(RunDirError, match="is a symbolic link"):
+        fit(model, guide, X, epochs=1, batch_size=48, out_dir=tmp_path / "run", **FAST)
+    assert target.read_text() == "keep me"
