@@ -113,12 +113,16 @@ class Stream:
 def move(batch: Any, device: torch.device) -> Any:
     """``batch`` with every tensor (or anything with ``.to``, e.g. a PackedSequence) on
     ``device``, through tuples, lists and dicts."""
+    to = getattr(batch, "to", None)
+    if callable(to) and not isinstance(batch, list | dict):  # tensors, PackedSequence
+        return to(device)
+    if isinstance(batch, tuple) and hasattr(batch, "_make"):  # other named tuples
+        return batch._make(move(b, device) for b in batch)
     if isinstance(batch, tuple | list):
         return type(batch)(move(b, device) for b in batch)
     if isinstance(batch, dict):
         return {k: move(v, device) for k, v in batch.items()}
-    to = getattr(batch, "to", None)
-    return to(device) if callable(to) else batch
+    return batch
 
 
 class Source:

@@ -52,6 +52,7 @@ from torch import nn
 from ppvae.checkpoint import rng_state, set_rng_state
 from ppvae.errors import SpecError, TrainingError
 from ppvae.infer.config import TrainConfig, resolve_device
+from ppvae.infer.isolation import export_params, own_params
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
 from ppvae.infer.programs import modules_of
 from ppvae.infer.scaling import LatentScale, MinibatchScale, Scaling
@@ -100,6 +101,8 @@ class Program:
         self.scaling = Scaling(objective.context.plate)
         self.scaled_model = self.scaling(model)
         self.scaled_guide = self.scaling(guide)
+        #: the parameters these programs use (set by :func:`init`)
+        self.params: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,6 +139,9 @@ class TrainState:
     setup: Setup
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
+    #: the programs' own parameter store (Pyro's ``get_state()`` form): ``pyro.param``
+    #: sites live here while training; see :meth:`export_params`
+    param_store: dict[str, Any] = field(default_factory=lambda: {"params": {}, "constraints": {}})
     epoch: int = 0
     step: int = 0
     kl_weight: float = 1.0
@@ -160,6 +166,16 @@ class TrainState:
     world_size = property(lambda self: self.setup.world_size)
 
     params = property(lambda self: self.setup.params)
+
+    def export_params(self) -> None:
+        """Put the trained ``pyro.param`` sites into Pyro's global parameter store, where
+        ``pyro.param(name)`` and :func:`ppvae.log_marginal_likelihood` find them
+        (:func:`ppvae.fit` does this when it returns)."""
+        export_params(self.param_store)
+
+    def scope(self):
+        """A context in which Pyro's parameter store is this state's own."""
+        return pyro.get_param_store().scope(self.param_store)
 
     def named_params(self) -> dict[str, torch.Tensor]:
         """The trained parameters by name: module weights as ``model.<name>`` /
@@ -426,11 +442,17 @@ def init(
     )
     pyro.set_rng_seed(sample_seed)
     found: dict[int, tuple[str, torch.Tensor]] = {}
-    for program, (args, kwargs) in zip(programs, examples, strict=True):
-        with data_errors(args, "a training batch"), pyro.validation_enabled(True):
-            for name, p in zip(
-                *_parameters(program.model, program.guide, args, kwargs), strict=True
-            ):
+    # a store of the state's own: the global store's pyro.param sites (as Pyro's SVI would
+    # start from them), never a network's weights, which come from the networks
+    start = own_params(pyro.get_param_store().get_state())
+    store = pyro.get_param_store()
+    with store.scope(start) as param_store:
+        for program, (args, kwargs) in zip(programs, examples, strict=True):
+            with data_errors(args, "a training batch"), pyro.validation_enabled(True):
+                names_, params_ = _parameters(program.model, program.guide, args, kwargs)
+            pairs = list(zip(names_, params_, strict=True))
+            program.params = tuple(p for _, p in pairs)
+            for name, p in pairs:
                 found.setdefault(id(p), (name, p))
     if not found:
         raise SpecError("the model and guide have no trainable parameters")
@@ -461,9 +483,10 @@ def init(
         ddp=ddp_module,
         metadata=dict(metadata or {}),
     )
-    state = TrainState(setup=setup, optimizer=opt, scheduler=sched)
-    for program, (args, kwargs) in zip(programs, examples, strict=True):
-        _check_first_batch(state, program, args, kwargs)
+    state = TrainState(setup=setup, optimizer=opt, scheduler=sched, param_store=param_store)
+    with store.scope(param_store):
+        for program, (args, kwargs) in zip(programs, examples, strict=True):
+            _check_first_batch(state, program, args, kwargs)
     pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again
     return state
 
@@ -538,17 +561,21 @@ def step(
     local = None if global_size is None else s.world_size / global_size
     global_ = 1.0 / s.num_data
     state.optimizer.zero_grad(set_to_none=True)
-    if s.ddp is not None:
-        loss = s.ddp(local, global_, state.kl_weight, args, kwargs)
-        loss.backward()
-        loss = loss.detach()
-        points = global_size
-    else:
-        program.scaling.set(local, global_, state.kl_weight)
-        loss = program.objective.loss_and_grads(
-            program.scaled_model, program.scaled_guide, *args, **kwargs
-        )
-        points = global_size or program.scaling.points
+    with pyro.get_param_store().scope(state.param_store):
+        if s.ddp is not None:
+            loss = s.ddp(local, global_, state.kl_weight, args, kwargs)
+            loss.backward()
+            loss = loss.detach()
+            points = global_size
+        else:
+            program.scaling.set(local, global_, state.kl_weight)
+            loss = program.objective.loss_and_grads(
+                program.scaled_model, program.scaled_guide, *args, **kwargs
+            )
+            points = global_size or program.scaling.points
+    for p in program.params:  # as Pyro's SVI: every parameter of the programs takes a step
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     loss = loss.detach().reshape(())
     clip = s.config.clip_norm
     if clip > 0:

@@ -63,7 +63,6 @@ from ppvae.infer.callbacks import (
     ProgressBar,
 )
 from ppvae.infer.config import TrainConfig, resolve_device
-from ppvae.infer.isolation import export_params, isolated_param_store
 from ppvae.infer.programs import to_device, train_mode
 from ppvae.infer.rng import deterministic_algorithms, seeded
 from ppvae.infer.step import History, TrainState, init, quiet_nan_warnings, scaled, step
@@ -216,10 +215,7 @@ def fit(
                 module, device_ids=[dev.index] if dev.type == "cuda" else None
             )
 
-    with (
-        deterministic_algorithms(config.deterministic, dev),
-        isolated_param_store(inherit=True) as trained,
-    ):
+    with deterministic_algorithms(config.deterministic, dev):
         firsts = [src.first() for src in sources]
         if train_transform is not None:
             generator = torch.Generator(device=dev).manual_seed(config.seed)
@@ -266,8 +262,11 @@ def fit(
         if out_dir is not None:
             cbs.append(Checkpointer(Path(out_dir) / "checkpoints"))  # last: sees the final record
 
-        _run(state, cbs, epoch_batches, train_transform, valid)
-    export_params(trained)  # trained pyro.param sites: where pyro.param(name) finds them
+        try:
+            _run(state, cbs, epoch_batches, train_transform, valid)
+        finally:
+            state.optimizer.zero_grad(set_to_none=True)  # no stale gradients left behind
+    state.export_params()  # trained pyro.param sites: where pyro.param(name) finds them
     state.history.state = state
     return state.history
 
@@ -291,14 +290,15 @@ def _known_nesting(objective: Any) -> int | None:
 
 
 def _validate(state: TrainState, valid: Batch) -> float:
-    return mean_elbo(
-        state.model,
-        state.guide,
-        valid,
-        plate=state.plate,
-        enumerate=state.objective.enumerates,
-        max_plate_nesting=_known_nesting(state.objective),
-    )
+    with state.scope():
+        return mean_elbo(
+            state.model,
+            state.guide,
+            valid,
+            plate=state.plate,
+            enumerate=state.objective.enumerates,
+            max_plate_nesting=_known_nesting(state.objective),
+        )
 
 
 def _run_epoch(state: TrainState, cbs: list[Callback], epoch_batches, transform, valid) -> None:

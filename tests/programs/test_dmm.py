@@ -102,14 +102,9 @@ def arguments(x, lengths, mask, packed):
     return (x, reversed_x, mask, lengths)
 
 
-PACKED_BUG = (
-    "ppvae.infer.batches.move rebuilds every tuple subclass as type(batch)(generator); a "
-    "PackedSequence (a NamedTuple) then fails in its constructor (AssertionError: Expected "
-    "data to be a list or tuple of length 2), so fit cannot take PackedSequence batches"
-)
 PACKING = pytest.mark.parametrize(
     "packed",
-    [pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=PACKED_BUG)), False],
+    [True, False],
     ids=["packed", "padded"],
 )
 

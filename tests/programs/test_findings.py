@@ -215,11 +215,6 @@ def test_6_keyword_batches_reach_the_programs():
                                rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ppvae.infer.batches.move rebuilds a PackedSequence (a NamedTuple) as "
-    "type(batch)(generator), which its constructor rejects",
-)
 def test_6_packed_sequence_batches():
     rnn = nn.GRU(2, 3, batch_first=True)
 
