@@ -309,7 +309,7 @@ class ObjectiveCapabilities:
 
     Attributes:
         enumerates: it sums discrete sites out by enumeration (a model needing that).
-        supports_kl_warmup: it is an ELBO whose latent terms a warm-up weight may scale.
+        supports_kl_warmup: its latent (KL) terms may be weighted (warm-up, beta).
         needs_guide_log_prob_anywhere: it evaluates the guide's density at draws it did
             not make (the ``stl`` and ``dreg`` gradient estimators re-evaluate it at
             detached samples), which planar and radial flows cannot.
@@ -335,11 +335,20 @@ def _check_combination(spec: Spec) -> None:
     components declare (see :mod:`ppvae.models.base` for the model's)."""
     model, kind = spec.model, spec.model.kind
     objective = objective_capabilities(spec.objective)
-    if spec.train.kl_warmup_epochs and not objective.supports_kl_warmup:
+    weighted = [
+        key
+        for key, on in (
+            ("kl_warmup_epochs", spec.train.kl_warmup_epochs),
+            ("beta", spec.train.beta != 1.0),
+        )
+        if on
+    ]
+    if weighted and not objective.supports_kl_warmup:
         raise SpecError(
-            f"train.kl_warmup_epochs needs an ELBO objective "
-            f"({_kinds_where('objective', lambda c: objective_capabilities(c).supports_kl_warmup)}), "
-            f"not {spec.objective.kind!r}; set train.kl_warmup_epochs = 0"
+            f"train.{weighted[0]} weights the latent (KL) terms, which objective.kind = "
+            f"{spec.objective.kind!r} (with these options) does not have; use "
+            f"{_kinds_where('objective', lambda c: objective_capabilities(c).supports_kl_warmup)} "
+            f"or set train.{weighted[0]} to its default"
         )
     for section in COMPONENT_SECTIONS:
         config = getattr(spec, section)

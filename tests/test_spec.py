@@ -105,7 +105,7 @@ def _candidates(tp, default) -> list[Any]:
             for v in _candidates(arg, default)
         ]
     if origin is tuple:
-        return [[3, 4], [5], [8, 8], [2, 3, 4]]
+        return [[3, 4], [5], [8, 8], [2, 3, 4], [0.5, 0.9]]  # sizes, or a pair of rates
     if tp is bool:
         return [not default]
     if tp is int:
@@ -201,9 +201,8 @@ def test_every_key_round_trips_with_a_changed_value(section, kind, key, tp):
 def test_to_dict_holds_every_key_with_defaults():
     spec = parse_spec({})
     d = spec.to_dict()
-    assert d["train"] == {
-        f.name: getattr(spec.train, f.name) for f in dataclasses.fields(TrainConfig)
-    }
+    plain = {f.name: getattr(spec.train, f.name) for f in dataclasses.fields(TrainConfig)}
+    assert d["train"] == {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}
     assert d["evaluate"] == dataclasses.asdict(EvaluateConfig())
     for section, (_registry, default) in SECTIONS.items():
         assert d[section]["kind"] == default
@@ -437,21 +436,26 @@ def test_sizes_must_be_positive(override, pattern):
     refused({}, [override], match=pattern)
 
 
-def test_kl_warmup_needs_an_elbo_objective():
-    for kind in ("elbo", "meanfield_elbo"):
-        assert (
-            parse_spec(
-                {}, [f"objective.kind={kind}", "train.kl_warmup_epochs=3"]
-            ).train.kl_warmup_epochs
-            == 3
-        )
-    others = [k for k in SECTIONS["objective"][0] if k not in ("elbo", "meanfield_elbo")]
-    if not others:
-        pytest.skip("only ELBO objectives are registered")
-    for kind in others:
-        message = refused({}, [f"objective.kind={kind}", "train.kl_warmup_epochs=3"])
-        assert "train.kl_warmup_epochs" in message and repr(kind) in message
-        parse_spec({}, [f"objective.kind={kind}", "train.kl_warmup_epochs=0"])
+def test_kl_weights_need_an_objective_with_latent_terms():
+    """KL warm-up and beta weight the latent terms: the ELBOs and, with the reparameterized
+    estimator, the IWAE/Renyi bounds (their importance weights carry the weighted terms)
+    take them; enumeration, Pyro's RenyiELBO and the stl/dreg estimators refuse them."""
+    takes = [("elbo", []), ("meanfield_elbo", []), ("iwae", []), ("renyi", [])]
+    for kind, extra in takes:
+        for setting in ("train.kl_warmup_epochs=3", "train.beta=4.0"):
+            spec = parse_spec({}, [f"objective.kind={kind}", setting, *extra])
+            assert spec.train.kl_warmup_epochs == 3 or spec.train.beta == 4.0
+    refuses = [
+        ("enum_elbo", []),
+        ("pyro_renyi", []),
+        ("iwae", ["objective.estimator=dreg"]),
+        ("renyi", ["objective.estimator=stl"]),
+    ]
+    for kind, extra in refuses:
+        for key, setting in (("kl_warmup_epochs", "3"), ("beta", "4.0")):
+            message = refused({}, [f"objective.kind={kind}", f"train.{key}={setting}", *extra])
+            assert f"train.{key}" in message and repr(kind) in message
+        parse_spec({}, [f"objective.kind={kind}", "train.kl_warmup_epochs=0", *extra])
 
 
 @pytest.mark.parametrize(

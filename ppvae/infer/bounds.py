@@ -237,8 +237,19 @@ class RenyiBound(Objective):
                     f"reparameterizable; the {self._kind()} objective needs rsample at every "
                     f"guide site (use an ELBO objective for discrete latents)"
                 )
+        weight = _latent_weight(model_trace, guide_trace, layout, self.context.plate)
+        if weight != 1.0 and self.estimator != "reparam":
+            raise SpecError(
+                f"a KL weight (train.beta or KL warm-up) with the {self._kind()} objective needs "
+                f"estimator = 'reparam', not {self.estimator!r}"
+            )
         local, glob = weight_terms(
-            model_trace, guide_trace, layout, self.context.plate, scaled_globals=True
+            model_trace,
+            guide_trace,
+            layout,
+            self.context.plate,
+            scaled_globals=True,
+            latent_weight=weight,
         )
         points = local.shape[1]
         log_w = local.expand(k, points)
@@ -316,6 +327,29 @@ class RenyiBound(Objective):
         return (v * log_p_bar + c * (log_w_stl - log_p_bar)).sum(0)
 
 
+def _latent_weight(model_trace, guide_trace, layout, plate: str) -> float:
+    """The weight of the latent terms inside the importance weights: the ratio of a latent
+    data-plate site's scale to an observed one's (the KL weight that ppvae's scaling put on
+    the latent sites; 1 without warm-up or beta)."""
+    observed = latent = None
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or not in_plate(site, plate):
+                continue
+            scale = site["scale"]
+            if isinstance(scale, torch.Tensor):
+                if scale.numel() != 1:
+                    return 1.0  # per-point scales: no single weight to read
+                scale = float(scale)
+            if site["is_observed"] and observed is None:
+                observed = scale
+            elif not site["is_observed"] and latent is None:
+                latent = scale
+    if not observed or latent is None:
+        return 1.0
+    return latent / observed
+
+
 def _conditioned_trace(fn, values: Mapping[str, torch.Tensor], args, kwargs, k, layout, plate):
     """Trace of ``fn`` with its sample sites fixed to ``values``, in the same particle
     layout as the main traces; log-probs computed."""
@@ -372,6 +406,10 @@ class IwaeConfig(ObjectiveConfig):
         _check_estimator(self.estimator)
 
     @property
+    def supports_kl_warmup(self) -> bool:  # the latent terms of the weights are scaled
+        return self.estimator == "reparam"
+
+    @property
     def needs_guide_log_prob_anywhere(self) -> bool:
         return self.estimator in ("stl", "dreg")
 
@@ -393,6 +431,10 @@ class RenyiConfig(ObjectiveConfig):
         _check_alpha(self.alpha)
         check_num_particles(self.num_particles)
         _check_estimator(self.estimator)
+
+    @property
+    def supports_kl_warmup(self) -> bool:  # the latent terms of the weights are scaled
+        return self.estimator == "reparam"
 
     @property
     def needs_guide_log_prob_anywhere(self) -> bool:

@@ -52,14 +52,42 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over all steps with the running loss and the last validation ELBO."""
+    """Progress of training: a tqdm bar over all steps on a terminal, one line per epoch
+    elsewhere (output piped or redirected to a file, a job's log).
 
-    def __init__(self, every: int = 10) -> None:
+    A line reads ``epoch 3/60 train_loss 93.1234 valid_elbo -95.4321 best 3 time 1.2s``
+    (``valid_elbo`` only with validation data; ``kl_weight`` during a KL warm-up and
+    ``skipped`` after skipped steps) and is flushed at once. Whether ``stream``
+    (default: ``sys.stdout`` at the start of training) is a terminal decides, unless
+    ``lines`` says: True always lines, False always the bar.
+    """
+
+    def __init__(self, every: int = 10, *, lines: bool | None = None, stream=None) -> None:
         self.every = every
+        self.lines = lines
+        self.stream = stream
         self._bar = None
+        self._out = None
         self._postfix: dict[str, str] = {}
 
     def on_train_start(self, state: TrainState) -> None:
+        import sys
+
+        out = self.stream if self.stream is not None else sys.stdout
+        lines = self.lines
+        if lines is None:
+            isatty = getattr(out, "isatty", None)
+            lines = not (callable(isatty) and isatty())
+        if lines:
+            self._out = out
+            if state.epoch >= state.epochs:
+                return
+            start = f"resuming after epoch {state.epoch}: " if state.epoch else ""
+            self._line(
+                f"{start}training epochs {state.epoch + 1}-{state.epochs}"
+                + (f", {state.steps_per_epoch} steps each" if state.steps_per_epoch else "")
+            )
+            return
         from tqdm.auto import tqdm
 
         total = state.epochs * state.steps_per_epoch
@@ -72,13 +100,26 @@ class ProgressBar(Callback):
             mininterval=0.5,
         )
 
+    def _line(self, text: str) -> None:
+        try:
+            self._out.write(text + "\n")
+            self._out.flush()
+        except (OSError, ValueError):  # a closed pipe or file: progress is not worth a crash
+            self._out = None
+
     def on_step_end(self, state: TrainState, info: dict[str, Any]) -> None:
+        if self._bar is None:
+            return
         self._bar.update(1)
         if state.step % self.every == 0:
             self._postfix["loss"] = f"{state.running_loss:.3f}"
             self._bar.set_postfix(self._postfix, refresh=False)
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if self._out is not None:
+            self._line(_epoch_line(state, record))
+        if self._bar is None:
+            return
         self._bar.set_description(f"epoch {record['epoch']}/{state.epochs}")
         if record.get("valid_elbo") is not None:
             self._postfix["valid_elbo"] = f"{record['valid_elbo']:.3f}"
@@ -88,6 +129,24 @@ class ProgressBar(Callback):
     def on_train_end(self, state: TrainState) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+        self._out = None
+
+
+def _epoch_line(state: TrainState, record: dict[str, Any]) -> str:
+    """``epoch 3/60 train_loss 93.1234 valid_elbo -95.4321 best 3 time 1.2s``."""
+    parts = [f"epoch {record['epoch']}/{state.epochs}", f"train_loss {record['train_loss']:.4f}"]
+    if record.get("valid_elbo") is not None:
+        parts.append(f"valid_elbo {record['valid_elbo']:.4f}")
+    kl_weight = record.get("kl_weight")
+    if isinstance(kl_weight, float) and kl_weight < 1.0:
+        parts.append(f"kl_weight {kl_weight:.3f}")
+    if record.get("skipped_steps"):
+        parts.append(f"skipped {record['skipped_steps']}")
+    parts.append(f"best {state.best_epoch}")
+    if record.get("seconds") is not None:
+        parts.append(f"time {record['seconds']:.1f}s")
+    return " ".join(parts)
 
 
 class MetricsLogger(Callback):
@@ -148,14 +207,16 @@ class EarlyStopping(Callback):
 
 
 class KLWarmup(Callback):
-    """Raise ``state.kl_weight`` linearly from ``1/steps`` to 1 over ``epochs`` epochs."""
+    """Raise ``state.kl_weight`` linearly from ``beta/steps`` to ``beta`` (the config's final
+    KL weight, 1 by default) over ``epochs`` epochs."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
 
     def on_step_start(self, state: TrainState) -> None:
         total = self.epochs * state.steps_per_epoch
-        state.kl_weight = 1.0 if total <= 0 else min(1.0, (state.step + 1) / total)
+        beta = state.config.beta
+        state.kl_weight = beta if total <= 0 else beta * min(1.0, (state.step + 1) / total)
 
 
 def _json_safe(record: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from torch import nn
 
 from ppvae.checkpoint import rng_state, set_rng_state
 from ppvae.errors import SpecError, TrainingError
-from ppvae.infer.config import TrainConfig, resolve_device
+from ppvae.infer.config import TrainConfig, lr_scheduler, resolve_device
 from ppvae.infer.isolation import export_params, own_params
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
 from ppvae.infer.programs import modules_of
@@ -284,11 +284,11 @@ def make_optimizer(
     if optimizer is None:
         kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
         if config.optimizer in ("adam", "adamw"):
-            kwargs["foreach"] = True
+            kwargs.update(foreach=True, betas=tuple(config.adam_betas), eps=config.eps)
             cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         else:
             cls = torch.optim.SGD
-            kwargs["momentum"] = 0.9
+            kwargs["momentum"] = config.momentum
         return cls(params, **kwargs), None
     if isinstance(optimizer, PyroOptim):
         args = optimizer.pt_optim_args
@@ -462,6 +462,12 @@ def init(
     if scheduler is not None and pyro_scheduler is not None:
         raise SpecError("give the learning-rate schedule once: scheduler= or a Pyro scheduler")
     sched = pyro_scheduler if scheduler is None else scheduler(opt)
+    if config.lr_schedule != "constant" or config.lr_warmup_epochs:
+        if sched is not None:
+            raise SpecError(
+                "give the learning-rate schedule once: train.lr_schedule or a scheduler object"
+            )
+        sched = lr_scheduler(config, opt)
     ddp_module = None
     if ddp is not None:
         if len(programs) > 1 or not programs[0].objective.differentiable:
@@ -483,7 +489,13 @@ def init(
         ddp=ddp_module,
         metadata=dict(metadata or {}),
     )
-    state = TrainState(setup=setup, optimizer=opt, scheduler=sched, param_store=param_store)
+    state = TrainState(
+        setup=setup,
+        optimizer=opt,
+        scheduler=sched,
+        param_store=param_store,
+        kl_weight=config.beta,
+    )
     with store.scope(param_store):
         for program, (args, kwargs) in zip(programs, examples, strict=True):
             _check_first_batch(state, program, args, kwargs)

@@ -299,13 +299,20 @@ def data_scale(model_trace, layout: Layout, plate: str):
 
 
 def weight_terms(
-    model_trace, guide_trace, layout: Layout, plate: str, *, scaled_globals: bool
+    model_trace,
+    guide_trace,
+    layout: Layout,
+    plate: str,
+    *,
+    scaled_globals: bool,
+    latent_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-point local and global log-weight terms.
 
     Returns ``local`` of shape ``(P|1, B|1)``: the unscaled :math:`\log p - \log q` of the
-    data-plate sites, and ``glob`` of shape ``(P|1,)``: that of the other sites (scaled
-    by their own scale when ``scaled_globals``). Shapes broadcast.
+    data-plate sites, the latent ones times ``latent_weight`` (a KL weight: 1 for the
+    importance weights themselves), and ``glob`` of shape ``(P|1,)``: that of the other
+    sites (scaled by their own scale when ``scaled_globals``). Shapes broadcast.
     """
     local = torch.zeros(1, 1)
     glob = torch.zeros(1)
@@ -318,6 +325,8 @@ def weight_terms(
             local, glob = local.to(lp), glob.to(lp)
             first = False
         if in_data:
+            if latent_weight != 1.0 and not site["is_observed"]:
+                lp = latent_weight * lp
             local = local + sign * reduce_local(lp, layout)
         else:
             glob = glob + sign * reduce_global(lp)
