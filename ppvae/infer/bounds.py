@@ -389,9 +389,23 @@ class PyroRenyi(Objective):
         return torch.as_tensor(float(self.elbo.loss_and_grads(model, guide, *args, **kwargs)))
 
 
+class _BoundConfig(ObjectiveConfig):
+    """Capability flags of the bounds, from their gradient estimator."""
+
+    estimator: str
+
+    @property
+    def supports_kl_warmup(self) -> bool:  # the latent terms of the weights are scaled
+        return self.estimator == "reparam"
+
+    @property
+    def needs_guide_log_prob_anywhere(self) -> bool:  # stl/dreg re-evaluate log q
+        return self.estimator in ("stl", "dreg")
+
+
 @OBJECTIVES.register("iwae")
 @dataclass(frozen=True)
-class IwaeConfig(ObjectiveConfig):
+class IwaeConfig(_BoundConfig):
     r"""The importance-weighted bound :math:`\log \frac1K \sum_k w_k` (Burda et al. 2016).
 
     ``estimator``: ``"reparam"``, ``"stl"`` (Roeder et al. 2017) or ``"dreg"`` (Tucker et
@@ -405,21 +419,13 @@ class IwaeConfig(ObjectiveConfig):
         check_num_particles(self.num_particles)
         _check_estimator(self.estimator)
 
-    @property
-    def supports_kl_warmup(self) -> bool:  # the latent terms of the weights are scaled
-        return self.estimator == "reparam"
-
-    @property
-    def needs_guide_log_prob_anywhere(self) -> bool:
-        return self.estimator in ("stl", "dreg")
-
     def build(self) -> Objective:
         return RenyiBound(alpha=0.0, num_particles=self.num_particles, estimator=self.estimator)
 
 
 @OBJECTIVES.register("renyi")
 @dataclass(frozen=True)
-class RenyiConfig(ObjectiveConfig):
+class RenyiConfig(_BoundConfig):
     r"""The Rényi bound :math:`\frac{1}{1-\alpha} \log \frac1K \sum_k w_k^{1-\alpha}`
     (Li & Turner 2016); ``alpha = 0`` is IWAE, ``alpha = 1`` the ELBO."""
 
@@ -431,14 +437,6 @@ class RenyiConfig(ObjectiveConfig):
         _check_alpha(self.alpha)
         check_num_particles(self.num_particles)
         _check_estimator(self.estimator)
-
-    @property
-    def supports_kl_warmup(self) -> bool:  # the latent terms of the weights are scaled
-        return self.estimator == "reparam"
-
-    @property
-    def needs_guide_log_prob_anywhere(self) -> bool:
-        return self.estimator in ("stl", "dreg")
 
     def build(self) -> Objective:
         return RenyiBound(
