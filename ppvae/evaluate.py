@@ -23,6 +23,7 @@ import numpy as np
 from ppvae.infer.diagnostics import khat_threshold, plot_khat
 from ppvae.infer.importance import log_marginal_likelihood
 from ppvae.infer.isolation import isolated_param_store
+from ppvae.infer.rng import seeded
 from ppvae.run import Run, model_inputs
 from ppvae.rundir import (
     atomic_target,
@@ -77,6 +78,36 @@ def summarize(result, split: str) -> dict[str, Any]:
     }
 
 
+def _latent_summary(run: Run, data: tuple) -> dict[str, Any]:
+    """For a guide with an amortized posterior: ``elbo_split`` (the ELBO per point as
+    reconstruction minus KL, one Monte Carlo draw per point), ``latent`` (KL per latent
+    dimension, active units: :func:`ppvae.latents.latent_diagnostics`) and
+    ``mutual_information`` (Hoffman & Johnson 2016's aggregate-posterior estimate of
+    :math:`I(x; z)` on at most 2,000 points, with its upper bound :math:`\\log N`; None
+    with a reason where the guide's density is right only at its own draws)."""
+    from ppvae.latents import elbo_split, latent_diagnostics, mutual_information
+    from ppvae.models.abilities import AmortizedPosterior
+
+    if not isinstance(run.guide, AmortizedPosterior) or not len(data[0]):
+        return {}
+    data = tuple(t.to(run.device) for t in data)
+    out: dict[str, Any] = {}
+    with seeded(run.spec.train.seed, run.device), isolated_param_store():
+        out["elbo_split"] = elbo_split(run.model, run.guide, data)
+        out["latent"] = latent_diagnostics(run.model, run.guide, data)
+        if getattr(run.spec.guide, "log_prob_anywhere", True):
+            mi, n = mutual_information(run.guide, data)
+            out["mutual_information"] = {"value": mi, "points": n, "upper_bound": math.log(n)}
+        else:
+            out["mutual_information"] = {
+                "value": None,
+                "reason": f"guide.kind = {run.spec.guide.kind!r} has a density only at its own "
+                "draws; the aggregate posterior needs it at every z",
+            }
+    out["active_units"] = out["latent"]["active_units"]
+    return out
+
+
 def _writable_folder(folder) -> None:
     from ppvae.errors import RunDirError
 
@@ -122,6 +153,7 @@ def evaluate_run(
             progress=progress,
         )
     summary = summarize(result, split)
+    summary.update(_latent_summary(run, data))
     folder = run.path / "evaluation"
     stem = f"{split}-K{num_samples}"
     summary["per_point_file"] = str(folder / f"{stem}.npz")

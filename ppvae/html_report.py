@@ -9,14 +9,19 @@ style sheet is inline, and nothing is fetched from anywhere. The report shows
 * the resolved spec (``spec.toml``) as a table, and as text;
 * the training curves: minus the training loss and the validation ELBO per epoch, the
   best epoch marked;
-* decoded samples from the prior, and test data above their reconstructions, drawn from
-  the ``best.pt`` weights with the spec's seed (models with ``generate`` /
-  ``reconstruct``, image data);
+* decoder means :math:`E[x | z]` of draws :math:`z` from the prior (not samples of
+  :math:`x`), and test data above their reconstructions, drawn from the ``best.pt``
+  weights with the spec's seed (models with ``generate`` / ``reconstruct``, image data);
 * the latent space: the guide's posterior means :math:`E_q[z | x]` of up to
   :data:`LATENT_POINTS` test points, projected on their first two principal axes (or as
   they are when :math:`z` is 2-D), coloured by label when the data have labels;
+* latent diagnostics (guides with an amortized posterior): the KL per latent dimension and
+  the active units (Burda et al. 2016) of the validation data, active units per epoch
+  from ``metrics.jsonl``, latent traversals (one dimension varied, the others at the
+  prior mean) and interpolations between test points (:mod:`ppvae.latents`);
 * every evaluation in ``RUN/evaluation/*.json`` (written by ``ppvae evaluate``) as a
-  table row, with its :math:`\hat k` plot.
+  table row (with the mutual information :math:`I(x; z)` and the ELBO's
+  reconstruction/KL split where the evaluation has them), with its :math:`\hat k` plot.
 
 A section whose inputs are missing (no evaluation yet, data that are not images, a guide
 without an amortized posterior) holds a one-line note instead.
@@ -363,7 +368,7 @@ def _curves_section(records, metrics_note: str | None) -> str:
 
 
 def _images_section(run, load_error: str | None) -> str:
-    title = "Samples and reconstructions"
+    title = "Decoder means and reconstructions"
     if run is None:
         return _section("samples", title, _note(f"model not loaded: {load_error}"))
     shape = run.data.image_shape
@@ -381,9 +386,9 @@ def _images_section(run, load_error: str | None) -> str:
         png, width = _grid_png(x, shape, 8)
         return _figure(
             png,
-            "samples from the prior",
-            f"{_NUM_SAMPLES} samples from the model (decoder means E[x | z], z from the prior; "
-            f"seed {seed}).",
+            "decoder means of prior draws",
+            f"Decoder means E[x | z] of {_NUM_SAMPLES} draws z from the prior (seed {seed}): "
+            "the expected images, not samples of x.",
             width=width,
             pixelated=True,
         )
@@ -536,6 +541,126 @@ def _latent_section(run, load_error: str | None) -> str:
     return _section("latent", title, _safely("the latent-space view", make))
 
 
+def _latent_diagnostics_section(run, load_error: str | None, records) -> str:
+    title = "Latent diagnostics"
+    if run is None:
+        return _section("diagnostics", title, _note(f"model not loaded: {load_error}"))
+    if not isinstance(run.guide, AmortizedPosterior):
+        return _section(
+            "diagnostics",
+            title,
+            _note(
+                f"the guide of model kind {run.spec.model.kind!r} has no amortized posterior "
+                "q(z|x) (a posterior(x) method): no latent diagnostics"
+            ),
+        )
+    from ppvae.latents import (
+        decodes_latent,
+        interpolations,
+        latent_diagnostics,
+        traversal_dims,
+        traversals,
+    )
+    from ppvae.report import latent_usage_png
+    from ppvae.run import model_inputs
+
+    seed = run.spec.train.seed
+    split = run.data.valid if len(run.data.valid) else run.data.test
+    split_name = "validation" if len(run.data.valid) else "test"
+    parts: list[str] = []
+
+    def usage() -> str:
+        inputs = tuple(t.to(run.device) for t in model_inputs(run.spec, split))
+        with torch.random.fork_rng(devices=[]), isolated_param_store():
+            torch.manual_seed(seed)
+            diag = latent_diagnostics(run.model, run.guide, inputs)
+        how = {
+            "closed_form": "in closed form (diagonal Gaussian guide and prior)",
+            "monte_carlo": "by Monte Carlo (one draw per point)",
+            "monte_carlo_total": "only in total, by Monte Carlo (the guide or prior does not "
+            "factorize over dimensions)",
+        }.get(diag["kl_method"], diag["kl_method"])
+        caption = (
+            f"KL(q(z_u|x) || p(z_u)) per latent dimension, mean over {diag['points']} "
+            f"{split_name} points, {how} (bars), and the activity Cov_x(E_q[z_u|x]) per "
+            f"dimension (dots, log scale): {diag['active_units']} of {diag['latent_dim']} "
+            f"units are active (activity > {diag['active_threshold']:g}, Burda et al. 2016). "
+            f"Total KL {diag['kl']:.3f} nats."
+        )
+        return _figure(latent_usage_png(diag), "KL per latent dimension", caption)
+
+    parts.append(f'<div class="row">{_safely("the KL per dimension", usage)}</div>')
+    per_epoch = [
+        (r["epoch"], r["active_units"]) for r in records if _is_number(r.get("active_units"))
+    ]
+    if per_epoch:
+        shown = per_epoch if len(per_epoch) <= 12 else per_epoch[:: math.ceil(len(per_epoch) / 12)]
+        if shown[-1] != per_epoch[-1]:
+            shown.append(per_epoch[-1])
+        rows = [[_esc(e), _esc(a)] for e, a in shown]
+        parts.append(
+            '<p class="small">Active units of the validation data after each epoch '
+            "(<code>metrics.jsonl</code>):</p>"
+            + _table(["epoch", "active units"], rows, cls="numbers")
+        )
+    shape = run.data.image_shape
+    test = model_inputs(run.spec, run.data.test)
+    if shape is None:
+        parts.append(_note("the data are not images: no traversals or interpolations"))
+    elif len(run.data.test) < 2:
+        parts.append(_note("fewer than two test points: no traversals or interpolations"))
+    elif not decodes_latent(run.model, run.guide, test):
+        parts.append(
+            _note(
+                f"model kind {run.spec.model.kind!r} has no decoder of z alone: no traversals "
+                "or interpolations"
+            )
+        )
+    else:
+        inputs = tuple(t.to(run.device) for t in test)
+
+        def traversal() -> str:
+            with torch.random.fork_rng(devices=[]), isolated_param_store():
+                torch.manual_seed(seed)
+                valid = tuple(t.to(run.device) for t in model_inputs(run.spec, split))
+                dims = traversal_dims(run.model, run.guide, valid)
+                images, offsets = traversals(run.model, run.guide, inputs, dims=dims)
+            png, width = _grid_png(images.cpu(), shape, len(offsets))
+            listed = ", ".join(f"z{u + 1}" for u in dims)
+            return _figure(
+                png,
+                "latent traversals",
+                f"Latent traversals: one row per dimension ({listed}; the {len(dims)} with the "
+                f"largest KL), that dimension at the prior mean {float(offsets[0]):+g} to "
+                f"{float(offsets[-1]):+g} prior standard deviations (left to right), the "
+                "others at the prior mean; decoder means E[x | z].",
+                width=width,
+                pixelated=True,
+            )
+
+        def interpolation() -> str:
+            generator = torch.Generator().manual_seed(seed)
+            with torch.random.fork_rng(devices=[]), isolated_param_store():
+                torch.manual_seed(seed)
+                images = interpolations(run.model, run.guide, inputs, generator=generator)
+            png, width = _grid_png(images.cpu(), shape, 10)
+            return _figure(
+                png,
+                "interpolations between test points",
+                "Interpolations between pairs of test images: each row starts and ends with "
+                "the two test images; between them, decoder means E[x | z] along the straight "
+                "line between their posterior means (8 steps).",
+                width=width,
+                pixelated=True,
+            )
+
+        parts.append(
+            f'<div class="row">{_safely("the traversals", traversal)}'
+            f"{_safely('the interpolations', interpolation)}</div>"
+        )
+    return _section("diagnostics", title, "".join(parts))
+
+
 def _evaluation_section(path: Path) -> str:
     title = "Evaluation"
     folder = path / "evaluation"
@@ -567,6 +692,10 @@ def _evaluation_section(path: Path) -> str:
                 _esc(f"{_fmt(s.get('ess_median'), '.1f')} / {_fmt(s.get('ess_min'), '.1f')}"),
                 _esc(_fmt(s.get("khat_max"), ".3f")),
                 _esc(_fmt(s.get("khat_frac_bad"), ".3f")),
+                _esc(_fmt((s.get("elbo_split") or {}).get("reconstruction"), ".3f")),
+                _esc(_fmt((s.get("elbo_split") or {}).get("kl"), ".3f")),
+                _esc(_mi_text(s.get("mutual_information"))),
+                _esc(_fmt((s.get("latent") or {}).get("active_units"), ".0f")),
                 f"<code>{_esc(file.name)}</code>",
             ]
         )
@@ -595,6 +724,10 @@ def _evaluation_section(path: Path) -> str:
             "ESS median / min",
             "k-hat max",
             "share k-hat &gt; 0.7",
+            "recon.",
+            "KL",
+            "I(x; z) / log N",
+            "active units",
             "file",
         ]
         parts.append(_table(header, rows, cls="numbers"))
@@ -602,12 +735,24 @@ def _evaluation_section(path: Path) -> str:
             '<p class="small">log p(x): importance-sampled estimate with K samples per point, '
             "mean over n points ± its standard error; gap = log p(x) - ELBO (an estimate of "
             "KL(q(z|x) || p(z|x))); k-hat: Pareto shape of the importance weights "
-            "(&gt; 0.7: unreliable; n/a: fewer than 21 samples).</p>"
+            "(&gt; 0.7: unreliable; n/a: fewer than 21 samples); recon. and KL: the ELBO as "
+            "E_q[log p(x|z)] - KL(q(z|x) || p(z)) per point (Monte Carlo, one draw); "
+            "I(x; z): the mutual information under the aggregate posterior (Hoffman &amp; "
+            "Johnson 2016), at most log N for N points; active units: Cov_x(E_q[z_u|x]) &gt; "
+            "0.01 (Burda et al. 2016).</p>"
         )
     parts.extend(notes)
     if plots:
         parts.append(f'<div class="row">{"".join(plots)}</div>')
     return _section("evaluation", title, "".join(parts))
+
+
+def _mi_text(mi: Any) -> str:
+    if not isinstance(mi, dict):
+        return "n/a"
+    if mi.get("value") is None:
+        return "n/a"
+    return f"{_fmt(mi.get('value'), '.3f')} / {_fmt(mi.get('upper_bound'), '.2f')}"
 
 
 # --------------------------------------------------------------------------- page
@@ -646,8 +791,9 @@ _SECTIONS = [
     ("run", "Run"),
     ("spec", "Spec"),
     ("curves", "Training curves"),
-    ("samples", "Samples"),
+    ("samples", "Decoder means"),
     ("latent", "Latent space"),
+    ("diagnostics", "Latent diagnostics"),
     ("evaluation", "Evaluation"),
 ]
 
@@ -732,6 +878,7 @@ def write_report(run_dir, *, out: str | Path | None = None) -> Path:
             _curves_section(records, metrics_note),
             _images_section(run, load_error),
             _latent_section(run, load_error),
+            _latent_diagnostics_section(run, load_error, records),
             _evaluation_section(path),
         ]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

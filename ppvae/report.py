@@ -1,4 +1,7 @@
-"""Figures of a run: training curves, sample grids, data beside reconstructions (PNG).
+"""Figures of a run: training curves, image grids (decoder means of prior draws, data
+beside reconstructions, latent traversals and interpolations), the latent usage (KL per
+latent dimension and activity) (PNG).
+
 
 Example:
     >>> import tempfile, torch
@@ -35,6 +38,7 @@ __all__ = [
     "image_grid_png",
     "new_figure",
     "figure_png",
+    "latent_usage_png",
 ]
 
 
@@ -153,3 +157,57 @@ def save_reconstructions(
     """Save data (odd rows) above their reconstructions (even rows) as one PNG grid."""
     images, ncols = reconstruction_grid(data, recon)
     save_image_grid(images, image_shape, path, ncols=ncols)
+
+
+def latent_usage_png(diag: dict[str, Any], *, title: str | None = None) -> bytes:
+    """A PNG of the latent usage of :func:`ppvae.latents.latent_diagnostics`: the KL per
+    latent dimension as bars (when defined) and the activity
+    :math:`\\mathrm{Cov}_x(E_q[z_u|x])` per dimension as dots on a log axis, with the
+    active-unit threshold."""
+    from matplotlib.ticker import MaxNLocator
+
+    activity = np.asarray(diag["activity"], dtype=np.float64)
+    dims = np.arange(1, activity.size + 1)
+    threshold = float(diag.get("active_threshold", 0.01))
+    fig = new_figure(7.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    kl = diag.get("kl_per_dim")
+    method = str(diag.get("kl_method", "")).replace("_", " ")
+    if kl is not None:
+        ax.bar(dims, kl, color="tab:blue", alpha=0.8, label=f"KL per dimension ({method})")
+        ax.set_ylabel("KL(q(z_u|x) || p(z_u)), nats")
+    else:
+        ax.set_ylabel("KL per dimension: not defined")
+        ax.text(
+            0.5,
+            0.5,
+            f"KL per dimension not defined (guide or prior does not factorize);\n"
+            f"total KL {diag.get('kl', math.nan):.3f} nats ({method})",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize="small",
+        )
+    ax.set_xlabel("latent dimension u")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax.twinx()
+    floor = max(threshold * 1e-3, 1e-8)
+    active = activity > threshold
+    ax2.scatter(dims[active], np.maximum(activity[active], floor), color="tab:green", zorder=3,
+                label="activity (active)")  # fmt: skip
+    if (~active).any():
+        ax2.scatter(dims[~active], np.maximum(activity[~active], floor), color="tab:red",
+                    marker="x", zorder=3, label="activity (inactive)")  # fmt: skip
+    ax2.axhline(threshold, color="tab:gray", linestyle="--", linewidth=1)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("Cov_x(E_q[z_u|x])")
+    handles = [h for a in (ax, ax2) for h in a.get_legend_handles_labels()[0]]
+    labels = [lab for a in (ax, ax2) for lab in a.get_legend_handles_labels()[1]]
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3,
+              fontsize="small", frameon=False)  # fmt: skip
+    ax.set_title(
+        title
+        or f"{diag['active_units']} of {activity.size} units active "
+        f"(Cov > {threshold:g}); KL {diag.get('kl', math.nan):.2f} nats"
+    )
+    return figure_png(fig)

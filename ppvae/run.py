@@ -53,7 +53,7 @@ from ppvae.infer.callbacks import Callback
 from ppvae.infer.config import resolve_device
 from ppvae.infer.rng import seeded
 from ppvae.infer.train import History, fit
-from ppvae.models.abilities import Generates, Reconstructs
+from ppvae.models.abilities import AmortizedPosterior, Generates, Reconstructs
 from ppvae.models.base import ModelContext, PretrainedRun
 from ppvae.report import plot_curves, save_image_grid, save_reconstructions
 from ppvae.rundir import (
@@ -410,7 +410,7 @@ def train_spec(
                         "spec_digest": spec_fingerprint(spec.to_dict()),
                     },
                     resume_from=resume_from,
-                    callbacks=callbacks,
+                    callbacks=[*_latent_callbacks(spec, data, model, guide, work), *callbacks],
                 )
         except BaseException:
             if main and replacing:
@@ -435,6 +435,24 @@ def train_spec(
         for lock in reversed(locks):
             lock.release()
     return run, history
+
+
+def _latent_callbacks(spec: Spec, data: DataBundle, model, guide, work: Path) -> list[Callback]:
+    """KL per latent dimension and active units of the validation data after every epoch
+    (in ``metrics.jsonl``), for guides with an amortized posterior :math:`q(z|x)`."""
+    if not isinstance(guide, AmortizedPosterior) or not len(data.valid):
+        return []
+    from ppvae.latents import LatentDiagnostics
+
+    return [
+        LatentDiagnostics(
+            model,
+            guide,
+            model_inputs(spec, data.valid),
+            seed=spec.train.seed,
+            metrics_path=work / "metrics.jsonl",
+        )
+    ]
 
 
 def _build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
@@ -545,25 +563,82 @@ def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -
 
 
 def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Write curves, samples and reconstructions into ``run.path / "figures"``."""
+    """Write the run's figures into ``run.path / "figures"``: ``curves.png``; for guides
+    with an amortized posterior ``latent-usage.png`` (KL per latent dimension and active
+    units of the validation data); for image data ``decoder-means.png`` (decoder means
+    :math:`E[x|z]` of 64 draws :math:`z` from the prior: not samples of :math:`x`),
+    ``reconstructions.png``, and for models with a decoder of :math:`z`
+    ``traversals.png`` and ``interpolations.png``."""
     figures = run.path / "figures"
     figures.mkdir(exist_ok=True)
     written = []
     if records:
         plot_curves(records, figures / "curves.png")
         written.append(figures / "curves.png")
+    written.extend(_latent_figures(run, figures))
     shape = run.data.image_shape
     if shape is None:
         return written
     generator = torch.Generator().manual_seed(run.spec.train.seed)
     with seeded(run.spec.train.seed, run.device):
         if isinstance(run.model, Generates):
-            save_image_grid(run.model.generate(64).cpu(), shape, figures / "samples.png")
-            written.append(figures / "samples.png")
+            save_image_grid(run.model.generate(64).cpu(), shape, figures / "decoder-means.png")
+            written.append(figures / "decoder-means.png")
         if isinstance(run.model, Reconstructs):
             idx = torch.randperm(len(run.data.test), generator=generator)[:32]
             inputs = [t[idx].to(run.device) for t in model_inputs(run.spec, run.data.test)]
             recon = run.model.reconstruct(inputs[0], run.guide, *inputs[1:]).cpu()
             save_reconstructions(inputs[0].cpu(), recon, shape, figures / "reconstructions.png")
             written.append(figures / "reconstructions.png")
+    written.extend(_decoded_latent_figures(run, figures))
     return written
+
+
+def _latent_figures(run: Run, figures: Path) -> list[Path]:
+    if not isinstance(run.guide, AmortizedPosterior) or not len(run.data.valid):
+        return []
+    from ppvae.infer.isolation import isolated_param_store
+    from ppvae.latents import latent_diagnostics
+    from ppvae.report import latent_usage_png
+    from ppvae.rundir import write_bytes_atomic
+
+    inputs = tuple(t.to(run.device) for t in model_inputs(run.spec, run.data.valid))
+    with seeded(run.spec.train.seed, run.device), isolated_param_store():
+        diag = latent_diagnostics(run.model, run.guide, inputs)
+    write_bytes_atomic(figures / "latent-usage.png", latent_usage_png(diag))
+    return [figures / "latent-usage.png"]
+
+
+def _decoded_latent_figures(run: Run, figures: Path) -> list[Path]:
+    """Traversals and interpolations, for models whose decoder takes :math:`z` alone."""
+    from ppvae.infer.isolation import isolated_param_store
+    from ppvae.latents import decodes_latent, interpolations, traversals
+
+    shape = run.data.image_shape
+    test = model_inputs(run.spec, run.data.test)
+    if not (shape and len(run.data.test) >= 2 and decodes_latent(run.model, run.guide, test)):
+        return []
+    written = []
+    inputs = tuple(t.to(run.device) for t in test)
+    with seeded(run.spec.train.seed, run.device), isolated_param_store():
+        dims = _traversal_dims(run)
+        images, _ = traversals(run.model, run.guide, inputs, dims=dims)
+        save_image_grid(
+            images.cpu(), shape, figures / "traversals.png", ncols=len(images) // len(dims)
+        )
+        written.append(figures / "traversals.png")
+        generator = torch.Generator().manual_seed(run.spec.train.seed)
+        lines = interpolations(run.model, run.guide, inputs, generator=generator)
+        save_image_grid(lines.cpu(), shape, figures / "interpolations.png", ncols=10)
+        written.append(figures / "interpolations.png")
+    return written
+
+
+def _traversal_dims(run: Run, limit: int = 10) -> list[int]:
+    """The latent dimensions to traverse: the most active ones on the validation data (or
+    the first ones), at most ``limit``, in their own order."""
+    from ppvae.latents import traversal_dims
+
+    data = run.data.valid if len(run.data.valid) else run.data.test
+    inputs = tuple(t.to(run.device) for t in model_inputs(run.spec, data))
+    return traversal_dims(run.model, run.guide, inputs, limit=limit)

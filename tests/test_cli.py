@@ -84,7 +84,7 @@ def test_train_writes_the_run_folder(trained):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
-    for name in ("curves.png", "samples.png", "reconstructions.png"):
+    for name in ("curves.png", "decoder-means.png", "reconstructions.png"):
         assert_png(run_dir / "figures" / name)
 
 

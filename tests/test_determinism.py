@@ -73,8 +73,8 @@ def test_same_seed_same_run_bit_for_bit_across_processes(tmp_path):
     assert a == b  # floats from JSON: equal means bit for bit
     assert _same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     assert (tmp_path / "a" / "checkpoints" / "best.pt").is_file()
-    assert (tmp_path / "a" / "figures" / "samples.png").read_bytes() == (
-        tmp_path / "b" / "figures" / "samples.png"
+    assert (tmp_path / "a" / "figures" / "decoder-means.png").read_bytes() == (
+        tmp_path / "b" / "figures" / "decoder-means.png"
     ).read_bytes()
 
 

@@ -22,8 +22,8 @@ from ppvae.cli import main
 from ppvae.html_report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ["Run", "Spec (resolved)", "Training curves", "Samples and reconstructions"]
-SECTIONS += ["Latent space", "Evaluation"]
+SECTIONS = ["Run", "Spec (resolved)", "Training curves", "Decoder means and reconstructions"]
+SECTIONS += ["Latent space", "Latent diagnostics", "Evaluation"]
 
 
 class _Page(HTMLParser):
@@ -94,7 +94,9 @@ def test_report_is_self_contained(run_dir):
     assert not any(u.startswith(("http://", "https://", "//")) for u in page.urls), page.urls
     assert {"script", "link", "iframe", "object"}.isdisjoint(page.tags)
     assert "@import" not in text and "url(" not in text
-    assert len(page.images) == 5  # curves, samples, reconstructions, latent, 1 k-hat plot
+    # curves, decoder means, reconstructions, latent space, KL per dimension, traversals,
+    # interpolations, 1 k-hat plot
+    assert len(page.images) == 8
     for img in page.images:
         src = img["src"]
         assert src.startswith("data:image/png;base64,"), src[:40]
@@ -130,6 +132,10 @@ def test_report_contents(run_dir):
             f"<td>{_fmt(s['elbo'])}</td><td>{_fmt(s['gap'])}</td>",
             f"<td>{s['ess_median']:.1f} / {s['ess_min']:.1f}</td>",
             f"<td>{_fmt(s['khat_max'], '.3f')}</td><td>{_fmt(s['khat_frac_bad'], '.3f')}</td>",
+            f"<td>{s['elbo_split']['reconstruction']:.3f}</td><td>{s['elbo_split']['kl']:.3f}</td>",
+            f"<td>{s['mutual_information']['value']:.3f} / "
+            f"{s['mutual_information']['upper_bound']:.2f}</td>",
+            f"<td>{s['latent']['active_units']}</td>",
         ]
         assert "".join(cells) in text, name
     test = json.loads((run_dir / "evaluation" / "test-K20.json").read_text())
@@ -138,9 +144,22 @@ def test_report_contents(run_dir):
     valid = json.loads((run_dir / "evaluation" / "valid-K30.json").read_text())
     assert math.isfinite(valid["khat_max"])
     assert any(img["alt"] == "k-hat plot valid-K30" for img in page.images)
-    # figures: curves, samples, reconstructions, and the latent space coloured by label
+    # figures: curves, decoder means, reconstructions, and the latent space coloured by label
     alts = {img["alt"] for img in page.images}
-    assert {"training curves", "samples from the prior", "test data and reconstructions"} <= alts
+    assert {
+        "training curves",
+        "decoder means of prior draws",
+        "test data and reconstructions",
+    } <= alts
+    assert "the expected images, not samples of x" in text
+    # latent diagnostics: KL per dimension with the active units, traversals, interpolations
+    assert {"KL per latent dimension", "latent traversals"} <= alts
+    assert "interpolations between test points" in alts
+    last = records[-1]["latent"]
+    assert records[-1]["active_units"] == last["active_units"]
+    assert len(last["kl_per_dim"]) == 8 and last["kl_method"] == "closed_form"
+    assert "in closed form (diagonal Gaussian guide and prior)" in text
+    assert "units are active (activity &gt; 0.01" in text
     assert "latent space" in alts
     assert "PCA of the 8-D latent (SVD), coloured by label" in text
     assert "of 359 test points" in text  # every test point (fewer than 1000)
@@ -199,7 +218,7 @@ def test_report_renders_in_headless_browser(run_dir, tmp_path):
     page = _parse(dom.stdout)
     assert page.headings[1:] == SECTIONS
     srcs = [img["src"] for img in page.images]
-    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
 
 
 def test_sections_without_inputs_show_notes(run_dir, tmp_path):

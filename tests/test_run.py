@@ -65,7 +65,7 @@ def test_train_spec_writes_a_run_folder(trained):
     assert [json.loads(line) for line in lines] == history.records
     assert len(history) == 2 and history["step"] == [2, 4]
     assert sorted(p.name for p in (path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    for name in ("curves.png", "samples.png", "reconstructions.png"):
+    for name in ("curves.png", "decoder-means.png", "reconstructions.png"):
         data = (path / "figures" / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, name
     last = load_checkpoint(path / "checkpoints" / "last.pt")

@@ -125,13 +125,23 @@ def _psislw(log_w: np.ndarray) -> np.ndarray:
     return np.asarray(khat, dtype=np.float64)
 
 
+def _flat_tail(flat: torch.Tensor) -> torch.Tensor:
+    """Rows whose largest weights, the ones PSIS fits a Pareto tail to, are all equal."""
+    num = flat.shape[-1]
+    tail = math.ceil(min(num / 5.0, 3.0 * math.sqrt(num)))
+    top = flat.topk(min(tail, num), dim=-1).values
+    return (top[:, 0] - top[:, -1]) <= 1e-12 * (1.0 + top[:, 0].abs())
+
+
 def psis_khat(log_w, dim: int = -1) -> torch.Tensor:
     r"""Pareto :math:`\hat k` of the importance weights along ``dim`` (PSIS, Vehtari et
     al. 2024).
 
     Returns NaN where there are fewer than :data:`MIN_KHAT_SAMPLES` samples (no tail to
-    fit) or a weight is NaN, and 0 where all weights are equal (no tail at all: the
-    proposal is exact).
+    fit) or a weight is NaN, and 0 where all weights are equal, or the largest
+    :math:`\lceil\min(S/5, 3\sqrt S)\rceil` of them are (no tail at all: the proposal is
+    exact up to rounding; ArviZ < 1 answers inf there and arviz-stats raises, so neither
+    is asked).
 
     Example:
         >>> import torch
@@ -147,8 +157,9 @@ def psis_khat(log_w, dim: int = -1) -> torch.Tensor:
     if num >= MIN_KHAT_SAMPLES and flat.shape[0] > 0:
         top = flat.max(-1).values
         spread = top - flat.min(-1).values
-        constant = spread <= 1e-12 * (1.0 + top.abs())
-        valid = ~torch.isnan(flat).any(-1) & ~torch.isinf(top) & ~constant
+        nan = torch.isnan(flat).any(-1)
+        constant = ((spread <= 1e-12 * (1.0 + top.abs())) | _flat_tail(flat)) & ~nan
+        valid = ~nan & ~torch.isinf(top) & ~constant
         if valid.any():
             khat[valid] = torch.as_tensor(_psislw(flat[valid].cpu().numpy()))
         khat[constant & ~torch.isinf(top)] = 0.0

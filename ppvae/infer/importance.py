@@ -135,12 +135,15 @@ class ImportanceResult:
         return float(self.log_px.std(correction=1) / math.sqrt(n))
 
     def to_inference_data(self):
-        """The per-point values as an :class:`arviz.InferenceData`.
+        """The per-point values in the installed ArviZ's container: an
+        :class:`arviz.InferenceData` under ArviZ < 1, an :class:`xarray.DataTree` (what
+        ArviZ >= 1 uses in its place) under ArviZ >= 1.
 
-        They are in one custom group, ``importance``: variables ``log_px``, ``stderr``,
-        ``ess`` and ``khat`` on dimension ``data``, with attributes ``num_samples``,
-        ``num_khat_samples``, ``mean`` and ``sem``. (They are estimates per point, not
-        posterior draws, so they are not put in ArviZ's ``log_likelihood`` group.)
+        They are in one custom group, ``importance``: variables ``log_px``, ``elbo``,
+        ``stderr``, ``ess`` and ``khat`` on dimension ``data``, with attributes
+        ``num_samples``, ``num_khat_samples``, ``mean`` and ``sem``; ``.importance`` gives
+        the group with either container. (They are estimates per point, not posterior
+        draws, so they are not put in ArviZ's ``log_likelihood`` group.)
 
         Example:
             >>> import torch
@@ -170,6 +173,8 @@ class ImportanceResult:
                 "sem": self.sem,
             },
         )
+        if int(arviz.__version__.split(".")[0]) >= 1:  # ArviZ 1: xarray's DataTree
+            return xarray.DataTree.from_dict({"importance": dataset})
         return arviz.InferenceData(importance=dataset)
 
     def __repr__(self) -> str:
