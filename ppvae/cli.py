@@ -12,6 +12,7 @@ Examples::
     ppvae semisupervised models/m2_digits.toml --labels 50 100 --seeds 3 --out runs/ss
     ppvae classify runs/ss/L50/seed0/m2 --split test --out predictions.csv
     ppvae report runs/vae
+    ppvae export runs/vae --out exports/vae
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run folder")
     p.add_argument("run_dir", help="a run folder written by ppvae train")
     p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+    p = sub.add_parser(
+        "export",
+        help="export a run: weights (safetensors), spec and model card, loadable by load_run",
+    )
+    p.add_argument("run_dir", help="a run folder written by ppvae train")
+    p.add_argument("--out", required=True, help="the export folder (new or empty)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     _add_semisupervised_parsers(sub)
     return parser
 
@@ -418,6 +427,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ppvae.export import export_run
+
+    out = export_run(args.run_dir, args.out, force=args.force, which=args.checkpoint)
+    for path in sorted(out.iterdir()):
+        if not path.name.startswith("."):
+            print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print(f'load it with: ppvae.load_run("{out}")   (the model card: {out / "README.md"})')
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -425,6 +445,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "semisupervised": _cmd_semisupervised,
     "classify": _cmd_classify,
+    "export": _cmd_export,
 }
 
 
