@@ -1,4 +1,5 @@
-"""The ``ppvae`` command line: ``train``, ``evaluate``, ``sample``, ``report``.
+"""The ``ppvae`` command line: ``train``, ``evaluate``, ``sample``, ``report``, ``compare``,
+``kinds``, ``semisupervised``, ``classify``.
 
 Every error a user can cause prints one line ``error: <sentence>`` and exits with status 2
 (argparse's own usage errors exit 2 as well).
@@ -12,7 +13,8 @@ Examples::
     ppvae semisupervised models/m2_digits.toml --labels 50 100 --seeds 3 --out runs/ss
     ppvae classify runs/ss/L50/seed0/m2 --split test --out predictions.csv
     ppvae report runs/vae
-    ppvae export runs/vae --out exports/vae
+    ppvae compare runs/vae runs/mf --out runs/compare
+    ppvae kinds prior
 """
 
 from __future__ import annotations
@@ -99,14 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run folder")
     p.add_argument("run_dir", help="a run folder written by ppvae train")
     p.add_argument("--out", help="the HTML file (default: RUN_DIR/report.html)")
+
     p = sub.add_parser(
-        "export",
-        help="export a run: weights (safetensors), spec and model card, loadable by load_run",
+        "compare", help="overlay the curves of runs and tabulate their figures and evaluations"
     )
-    p.add_argument("run_dir", help="a run folder written by ppvae train")
-    p.add_argument("--out", required=True, help="the export folder (new or empty)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders written by train")
+    p.add_argument(
+        "--out", default="runs/compare", help="folder for curves.png, table.md, table.csv"
+    )
+
+    p = sub.add_parser(
+        "kinds", help="list the kinds of every spec section with their keys and defaults"
+    )
+    p.add_argument("section", nargs="?", help="one section (data, model, prior, ...)")
     _add_semisupervised_parsers(sub)
     return parser
 
@@ -141,6 +148,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"cannot resume {str(out)!r}: it is not a ppvae run folder (no spec.toml)"
             )
         spec = load_spec(out / "spec.toml", overrides)
+        from ppvae.run import completed_epochs
+
+        done = completed_epochs(out, spec)
+        if done is not None and done >= spec.train.epochs:
+            print(
+                f"{out} has finished: {done} epochs done, train.epochs = {spec.train.epochs}; "
+                "nothing to resume. To train it longer, extend it: ppvae train --resume "
+                f"{out} --set train.epochs={max(done, spec.train.epochs) * 2}"
+            )
+            print(f"next: ppvae evaluate {out}   ppvae report {out}")
+            return 0
         run, history = train_spec(spec, out, resume=True, progress=progress)
     else:
         if args.spec is None:
@@ -152,23 +170,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not is_main_process():
         return 0
-    last = history.records[-1]
-    best = max(
-        (r for r in history.records if r.get("valid_elbo") is not None),
-        key=lambda r: r["valid_elbo"],
-        default=None,
-    )
-    first = history.records[0]
+    _print_train_summary(run, history.records)
+    return 0
+
+
+def _print_train_summary(run, records: list[dict]) -> None:
+    """The closing summary of ``ppvae train``: folder, epochs, best epoch, figures, and
+    the commands that come next."""
+    import math
+
     print(f"run folder: {run.path}")
+    if not records:
+        print("epochs: 0")
+        return
+    last, first = records[-1], records[0]
+    scored = [r for r in records if isinstance(r.get("valid_elbo"), float)]
+    scored = [r for r in scored if math.isfinite(r["valid_elbo"])]
+    best = max(scored, key=lambda r: r["valid_elbo"], default=None)
+    stopped = " (stopped early)" if last.get("early_stopped") else ""
     print(
-        f"epochs: {last['epoch']}  train loss: {first['train_loss']:.4f} -> {last['train_loss']:.4f}"
+        f"epochs: {last['epoch']}{stopped}  train loss: {first['train_loss']:.4f} -> "
+        f"{last['train_loss']:.4f}"
     )
     if best is not None:
         print(
-            f"valid ELBO: {first['valid_elbo']:.4f} (epoch 1) -> {last['valid_elbo']:.4f} "
-            f"(epoch {last['epoch']}); best {best['valid_elbo']:.4f} (epoch {best['epoch']})"
+            f"valid ELBO: {first['valid_elbo']:.4f} (epoch {first['epoch']}) -> "
+            f"{last['valid_elbo']:.4f} (epoch {last['epoch']}); best {best['valid_elbo']:.4f} "
+            f"(epoch {best['epoch']})"
         )
-    return 0
+        print(
+            f"best epoch: {best['epoch']}  valid ELBO {best['valid_elbo']:.4f}  (checkpoints/best.pt)"
+        )
+    for figure in run.figures:
+        print(f"figure: {figure}")
+    print(f"next: ppvae evaluate {run.path}   ppvae report {run.path}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -330,6 +365,22 @@ def _import_plugins(modules: list[str]) -> None:
             raise SpecError(f"--import {name}: the module cannot be imported ({err})") from None
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ppvae.compare import compare_runs
+
+    table = compare_runs(args.run_dirs, out=args.out)
+    print(table.markdown(), end="")
+    print("files: " + ", ".join(str(f) for f in table.files))
+    return 0
+
+
+def _cmd_kinds(args: argparse.Namespace) -> int:
+    from ppvae.kinds import describe_kinds
+
+    print(describe_kinds(args.section), end="")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ppvae.html_report import write_report
 
@@ -404,6 +455,7 @@ def _cmd_semisupervised(args: argparse.Namespace) -> int:
         force=args.force,
         resume=args.resume,
         progress=args.progress,
+        log=lambda line: print(line, flush=True),  # at once, also into a pipe or a file
     )
     print((out / "table.md").read_text(), end="")
     print("files: " + ", ".join(str(f) for f in result.files))
@@ -427,17 +479,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from ppvae.export import export_run
-
-    out = export_run(args.run_dir, args.out, force=args.force, which=args.checkpoint)
-    for path in sorted(out.iterdir()):
-        if not path.name.startswith("."):
-            print(f"{path}  ({path.stat().st_size:,} bytes)")
-    print(f'load it with: ppvae.load_run("{out}")   (the model card: {out / "README.md"})')
-    return 0
-
-
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -445,7 +486,8 @@ _COMMANDS = {
     "report": _cmd_report,
     "semisupervised": _cmd_semisupervised,
     "classify": _cmd_classify,
-    "export": _cmd_export,
+    "compare": _cmd_compare,
+    "kinds": _cmd_kinds,
 }
 
 
@@ -460,6 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # ppvae kinds | head: the reader left; no traceback
+        import contextlib
+        import os
+
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as err:  # a full disk, a read-only folder, a vanished file
         from ppvae.rundir import os_error_message
 

@@ -2,7 +2,6 @@
 beside reconstructions, latent traversals and interpolations), the latent usage (KL per
 latent dimension and activity) (PNG).
 
-
 Example:
     >>> import tempfile, torch
     >>> path = tempfile.mkdtemp() + "/grid.png"
@@ -31,6 +30,7 @@ from ppvae.rundir import write_bytes_atomic  # noqa: E402
 __all__ = [
     "plot_curves",
     "curves_png",
+    "compare_curves_png",
     "save_image_grid",
     "save_reconstructions",
     "reconstruction_grid",
@@ -67,32 +67,65 @@ def _number(value: Any) -> bool:
 def curves_png(records: Sequence[dict[str, Any]], *, best: dict[str, Any] | None = None) -> bytes:
     """The training curves as a PNG: minus the training loss (the training bound) and the
     validation ELBO per epoch; ``best``, one of the records, marked when given."""
-    from matplotlib.ticker import MaxNLocator
-
     fig = new_figure(7.5, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    epochs = [r["epoch"] for r in records]
-    train = [-r["train_loss"] if _number(r.get("train_loss")) else math.nan for r in records]
-    ax.plot(epochs, train, marker=".", label="train bound (minus train loss)")
-    valid = [r.get("valid_elbo") for r in records]
-    if any(v is not None for v in valid):
-        ax.plot(
-            epochs,
-            [math.nan if v is None else v for v in valid],
-            marker=".",
-            label="valid ELBO",
-        )
+    _draw_curves(ax, records)
     if best is not None:
         y = best["valid_elbo"] if best.get("valid_elbo") is not None else -best["train_loss"]
         ax.axvline(best["epoch"], color="tab:green", linestyle="--", linewidth=1)
         ax.plot([best["epoch"]], [y], marker="*", markersize=14, color="tab:green", linestyle="")
         ax.plot([], [], color="tab:green", linestyle="--", label=f"best epoch {best['epoch']}")
+    _finish_curves(ax)
+    return figure_png(fig)
+
+
+def compare_curves_png(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
+    """The curves of several runs overlaid as a PNG (``runs``: name and records): one
+    colour per run, the validation ELBO solid, the training bound dashed, each run's best
+    epoch starred."""
+    fig = new_figure(8.5, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, records) in enumerate(runs):
+        _draw_curves(ax, records, name=name, color=colors[i % len(colors)], mark_best=True)
+    _finish_curves(ax)
+    return figure_png(fig)
+
+
+def _draw_curves(
+    ax, records, *, name: str | None = None, color=None, mark_best: bool = False
+) -> None:
+    """Minus the training loss (dashed when ``name`` is given) and the validation ELBO of
+    ``records`` on ``ax``; labelled with ``name`` when given."""
+    epochs = [r["epoch"] for r in records]
+    train = [-r["train_loss"] if _number(r.get("train_loss")) else math.nan for r in records]
+    prefix = "" if name is None else f"{name}: "
+    ax.plot(
+        epochs,
+        train,
+        marker="." if name is None else None,
+        linestyle="-" if name is None else "--",
+        color=color,
+        alpha=1.0 if name is None else 0.6,
+        label=f"{prefix}train bound (minus train loss)",
+    )
+    valid = [r.get("valid_elbo") for r in records]
+    if any(_number(v) for v in valid):
+        values = [v if _number(v) else math.nan for v in valid]
+        ax.plot(epochs, values, marker=".", color=color, label=f"{prefix}valid ELBO")
+        if mark_best and any(math.isfinite(v) for v in values):
+            best = max((v, e) for v, e in zip(values, epochs, strict=True) if math.isfinite(v))
+            ax.plot([best[1]], [best[0]], marker="*", markersize=12, color=color, linestyle="")
+
+
+def _finish_curves(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return figure_png(fig)
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:

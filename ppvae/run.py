@@ -11,7 +11,6 @@ A run folder holds::
     figures/curves.png      training and validation curves
     figures/samples.png     decoded samples from the prior (image data)
     figures/reconstructions.png   test data above its reconstructions (image data)
-    tensorboard/            event files, with ``train.logger = "tensorboard"``
 
 :func:`train_spec` never overwrites a non-empty folder unless ``force=True``, and even then
 only a folder that ppvae marked as a run, once the new run has written its first
@@ -33,11 +32,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -48,8 +48,8 @@ from torch import nn
 
 from ppvae import distributed
 from ppvae.checkpoint import check_train_state, load_checkpoint
-from ppvae.data import DataBundle, Split
-from ppvae.errors import CheckpointError, RunDirError, SpecChangedError, SpecError
+from ppvae.data import DATA_DIR_ENV, DataBundle, Split
+from ppvae.errors import CheckpointError, DataError, RunDirError, SpecChangedError, SpecError
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.config import resolve_device
 from ppvae.infer.rng import seeded
@@ -85,6 +85,9 @@ __all__ = [
     "train_inputs",
     "model_context",
     "write_figures",
+    "resolve_paths",
+    "completed_epochs",
+    "read_run_spec",
 ]
 
 SPEC_FILE = "spec.toml"
@@ -92,19 +95,170 @@ SPEC_FILE = "spec.toml"
 
 @dataclass
 class Run:
-    """A model/guide pair with its spec, data and folder."""
+    """A model/guide pair with its spec, data and folder (:func:`load_run`,
+    :func:`train_spec`).
+
+    The helpers :meth:`encode`, :meth:`decode`, :meth:`sample` and :meth:`reconstruct`
+    work on the trained pair as it is (no gradients, inputs moved to the run's device),
+    for the model kinds that have the ability (:mod:`ppvae.models.abilities`); other
+    kinds are refused with one sentence.
+
+    Example:
+        >>> import tempfile
+        >>> from ppvae.spec import parse_spec
+        >>> spec = parse_spec({"data": {"binarize": "dynamic", "limit": 100},
+        ...                    "model": {"latent_dim": 2, "hidden": [16]},
+        ...                    "train": {"epochs": 1, "progress": False}})
+        >>> run, _ = train_spec(spec, tempfile.mkdtemp() + "/run")
+        >>> x = run.data.test.x[:5]
+        >>> run.encode(x).shape, run.decode(run.encode(x)).shape, run.sample(3).shape
+        (torch.Size([5, 2]), torch.Size([5, 64]), torch.Size([3, 64]))
+        >>> bool((run.reconstruct(x) == run.decode(run.encode(x))).all())
+        True
+    """
 
     path: Path
     spec: Spec
     data: DataBundle
     model: nn.Module
     guide: nn.Module
+    #: the figures :func:`write_figures` wrote for this run (empty for a loaded run)
+    figures: list[Path] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
         for p in [*self.model.parameters(), *self.guide.parameters()]:
             return p.device
         return torch.device("cpu")
+
+    def _kind(self) -> str:
+        return f"model kind {self.spec.model.kind!r}"
+
+    def _inputs(self, x: Any) -> torch.Tensor:
+        """``x`` as a float tensor ``(N, D)`` on the run's device (images flattened)."""
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        dim = self.data.dim
+        if x.dim() > 2 and x[0].numel() == dim:
+            x = x.reshape(x.shape[0], dim)
+        if x.dim() != 2 or x.shape[1] != dim:
+            raise DataError(
+                f"the inputs have shape {tuple(x.shape)}; this run's data points have {dim} "
+                "values: pass an array of shape (N, D) (or (N, *image_shape))"
+            )
+        return x
+
+    def _context(self, context: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(c, device=self.device) for c in context)
+
+    def posterior(self, x: Any, *context: Any):
+        """The guide's distribution :math:`q(z | x)` (:math:`q(z_1 | x)` for stacked
+        latents), batch shape ``(N,)``; ``context``: the guide's other inputs (labels)."""
+        from ppvae.models.abilities import AmortizedPosterior, LayeredPosterior
+
+        x = self._inputs(x)
+        if isinstance(self.guide, AmortizedPosterior):
+            return self.guide.posterior(x, *self._context(context))
+        if isinstance(self.guide, LayeredPosterior) and not context:
+            return self.guide.q_z1(x)
+        raise SpecError(
+            f"the guide of {self._kind()} has no amortized posterior q(z|x) (a posterior(x) "
+            "method), so a run of it cannot encode data"
+        )
+
+    @torch.no_grad()
+    def encode(self, x: Any, *context: Any) -> torch.Tensor:
+        """The posterior means :math:`E_q[z | x]`, shape ``(N, latent_dim)`` (a Monte
+        Carlo mean of 256 draws for guides without a closed-form mean, e.g. flows)."""
+        q = self.posterior(x, *context)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((256,)).mean(0)
+
+    @torch.no_grad()
+    def decode(self, z: Any) -> torch.Tensor:
+        """The expected data :math:`E[x | z]` of latent points ``z`` ``(N, latent_dim)``."""
+        from ppvae.models.abilities import Decodes, GeneratesByClass
+
+        model = self.model
+        if isinstance(model, GeneratesByClass):
+            raise SpecError(
+                f"{self._kind()} decodes z together with a class label, so decode(z) alone is "
+                "undefined; use run.sample(n, condition=c) or run.reconstruct(x, y)"
+            )
+        if not isinstance(model, Decodes) or not isinstance(model.decoder, nn.Module):
+            raise SpecError(
+                f"{self._kind()} has no decoder network from z to the data, so a run of it "
+                "cannot decode"
+            )
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        try:
+            return model.likelihood.mean(model.decoder(z))
+        except RuntimeError as err:
+            if "shape" not in str(err) and "size" not in str(err):
+                raise
+            raise DataError(
+                f"z of shape {tuple(z.shape)} does not fit the decoder of {self._kind()}; pass "
+                "latent points of shape (N, latent_dim), e.g. run.encode(x)"
+            ) from None
+
+    @torch.no_grad()
+    def sample(self, n: int, *, condition: int | None = None, seed: int | None = None):
+        """``n`` data points generated by the model, shape ``(n, D)``: the expected data
+        :math:`E[x | z]` of ``n`` draws :math:`z \\sim p(z)` (the decoder's means, as
+        ``ppvae sample`` draws them); ``condition``: a class for conditional models;
+        ``seed``: a seeded draw that leaves the global generators as they were."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SpecError(f"the number of samples must be a positive integer, got {n!r}")
+        from ppvae.models.abilities import GeneratesByClass
+
+        if not isinstance(self.model, Generates):
+            raise SpecError(f"{self._kind()} cannot generate data, so a run of it cannot sample")
+        extra = {}
+        if condition is not None:
+            if not isinstance(self.model, GeneratesByClass):
+                raise SpecError(
+                    f"condition= needs a conditional model (one that generates by class); "
+                    f"this run's is {self._kind()}"
+                )
+            extra["condition"] = condition
+        if seed is None:
+            return self.model.generate(n, **extra)
+        check_seed(seed, "seed")
+        with seeded(seed, self.device):
+            return self.model.generate(n, **extra)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Any, *context: Any) -> torch.Tensor:
+        """The expected data :math:`E[x | z]` at the guide's mean of :math:`z` given ``x``
+        (shape of ``x``); ``context``: the programs' other inputs, e.g. labels ``y`` of a
+        conditional model."""
+        if not isinstance(self.model, Reconstructs):
+            raise SpecError(
+                f"{self._kind()} has no reconstruct(), so a run of it cannot reconstruct data"
+            )
+        x = self._inputs(x)
+        missing = _required_after(self.model.reconstruct, 2) - len(context)
+        if missing > 0:
+            raise SpecError(
+                f"{self._kind()} reconstructs x given {missing} more input(s) (its labels): "
+                "call run.reconstruct(x, y)"
+            )
+        return self.model.reconstruct(x, self.guide, *self._context(context))
+
+
+def _required_after(method, skip: int) -> int:
+    """The number of required positional parameters of ``method`` after the first
+    ``skip`` (0 when its signature cannot be read)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return 0
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return max(0, len(required) - skip)
 
 
 def build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
@@ -267,7 +421,11 @@ def _check_resume(
         diffs = spec_differences(old, new, frozen=False)
         # a longer run or another progress bar leave the trajectory as it was: not recorded
         return {k: v for k, v in diffs.items() if k not in ("train.epochs", "train.progress")}
-    if checkpoint.get("spec_digest") not in (spec_fingerprint(new), spec.digest()):
+    if checkpoint.get("spec_digest") not in (
+        spec_fingerprint(new),
+        spec_fingerprint(new, locations=True),
+        spec.digest(),
+    ):
         raise SpecChangedError(
             f"checkpoint {str(path)!r} was written by a different spec; resume with the run's "
             f"own {SPEC_FILE}"
@@ -327,6 +485,7 @@ def train_spec(
     """
     out = Path(out_dir)
     check_seed(spec.train.seed, "train.seed")
+    spec = resolve_paths(spec)
     distributed.init_from_env(resolve_device(spec.train.device))
     main = distributed.is_main_process()
     resume_from = None
@@ -348,8 +507,6 @@ def train_spec(
         _check_dir(out, force)
         replacing = force and out.is_dir() and _has_entries(out, (LOCK_FILE,))
     work = _staging_dir(out) if replacing else out
-    trackers = _trackers(spec, work)  # a missing extra is refused before any write
-    callbacks = [*trackers, *callbacks]
     try:
         if resume:
             resume_from = out / "checkpoints" / "last.pt"
@@ -432,8 +589,7 @@ def train_spec(
         _load_weights(run, "best" if best else "last")
         if main:
             with writing(out / "figures"):
-                write_figures(run, history.records)
-                _log_figures(trackers, run, out, history)
+                run.figures = write_figures(run, history.records)
         distributed.barrier()
     finally:
         for lock in reversed(locks):
@@ -457,6 +613,47 @@ def _latent_callbacks(spec: Spec, data: DataBundle, model, guide, work: Path) ->
             metrics_path=work / "metrics.jsonl",
         )
     ]
+
+
+def resolve_paths(spec: Spec) -> Spec:
+    """The spec with its data location written out: a ``data.path`` made absolute (``~``
+    expanded), and an empty one that stands for ``$PPVAE_DATA_DIR/<kind>`` (the default
+    folder of the kinds that read one, e.g. ``mnist``) replaced by that folder when it
+    exists. ``spec.toml`` then says where the data were read, and the run can be read
+    again without the environment variable. (A data path is where the data lie, not
+    what the run is: :func:`~ppvae.rundir.spec_fingerprint` leaves it out, so a run
+    trained before this resolution, or moved to another machine, is still the same run.)
+    """
+    data = spec.data
+    path = getattr(data, "path", None)
+    if not isinstance(path, str):
+        return spec
+    if path:
+        resolved = os.path.abspath(os.path.expanduser(path))
+    else:
+        root = os.environ.get(DATA_DIR_ENV, "")
+        folder = Path(root).expanduser() / data.name if root else None
+        if folder is None or not folder.is_dir():
+            return spec
+        resolved = os.path.abspath(folder)
+    if resolved == path:
+        return spec
+    return spec.replace(data=dataclasses.replace(data, path=resolved))
+
+
+def completed_epochs(run_dir: str | Path, spec: Spec) -> int | None:
+    """The number of epochs in the last checkpoint of the run in ``run_dir``, checked as
+    a resume checks it (no link in the folder, a sound checkpoint, ``spec`` differing
+    from the checkpoint's only in the settings a resumed run may change); None when the
+    run has no last checkpoint yet."""
+    out = Path(run_dir)
+    check_no_links(out)
+    path = out / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    _check_resume(resolve_paths(spec), out, checkpoint, path)
+    return len(checkpoint["history"])
 
 
 def _build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
@@ -517,25 +714,54 @@ def _load_weights(run: Run, which: str, checkpoint: dict[str, Any] | None = None
 
 def _check_spec_matches(run: Run, which: str, checkpoint: dict[str, Any]) -> None:
     """Refuse a ``spec.toml`` edited after its checkpoint was written."""
-    path = run.path / "checkpoints" / f"{which}.pt"
+    _check_folder_spec(run.path, run.spec, which, checkpoint)
+
+
+def _check_folder_spec(folder: Path, spec: Spec, which: str, checkpoint: dict[str, Any]) -> None:
+    path = folder / "checkpoints" / f"{which}.pt"
     stored = checkpoint.get("spec")
-    current = run.spec.to_dict()
+    current = spec.to_dict()
     if isinstance(stored, dict):
         diffs = spec_differences(stored, current, frozen=True)
         if diffs:
             raise SpecChangedError(
-                f"{SPEC_FILE} of {str(run.path)!r} differs from the spec its checkpoint "
+                f"{SPEC_FILE} of {str(folder)!r} differs from the spec its checkpoint "
                 f"{which}.pt was trained with in {describe_differences(diffs)}; restore the "
                 f"run's {SPEC_FILE} (only [evaluate] and train.{{{', '.join(RESUMABLE_TRAIN_KEYS)}}} "
                 "may change)"
             )
         return
     digest = checkpoint.get("spec_digest")
-    if digest not in (spec_fingerprint(current), run.spec.digest()):
+    if digest not in (
+        spec_fingerprint(current),
+        spec_fingerprint(current, locations=True),
+        spec.digest(),
+    ):
         raise SpecChangedError(
             f"checkpoint {str(path)!r} does not record the spec of {SPEC_FILE} in "
-            f"{str(run.path)!r}; it was not written by this run"
+            f"{str(folder)!r}; it was not written by this run"
         )
+
+
+def read_run_spec(run_dir: str | Path, which: str = "last") -> Spec:
+    """The spec of the run in ``run_dir``, checked as :func:`load_run` checks it (a run
+    folder holding no link, its ``spec.toml`` the one its ``which`` checkpoint was trained
+    with) without building its model or reading its data."""
+    path = _run_folder(run_dir)
+    spec = load_spec(path / SPEC_FILE)
+    checkpoint = load_checkpoint(path / "checkpoints" / f"{which}.pt")
+    _check_folder_spec(path, spec, which, checkpoint)
+    return spec
+
+
+def _run_folder(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(f"run folder {str(path)!r} does not exist")
+    if not (path / SPEC_FILE).is_file() and not (path / SPEC_FILE).is_symlink():
+        raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {SPEC_FILE}")
+    check_no_links(path)
+    return path
 
 
 def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -> Run:
@@ -544,22 +770,8 @@ def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -
     The folder may hold no symbolic link, and its ``spec.toml`` must be the spec the
     checkpoint was trained with (apart from ``[evaluate]`` and the optimization settings
     a resumed run may change): an edited spec is a :class:`~ppvae.errors.SpecChangedError`.
-
-    ``run_dir`` may also be an export (``ppvae export``: ``model.safetensors``,
-    ``spec.toml``, a model card): the model is rebuilt from its spec and given the
-    exported weights (``which`` does not apply: an export holds one set); an export
-    whose weights do not fit its spec's model, or whose spec was edited, is refused.
-    Either way the spec's data are loaded (``run.data``): where its ``data.path``
-    says, or the built-in data set.
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise RunDirError(f"run folder {str(path)!r} does not exist")
-    if not (path / SPEC_FILE).is_file() and not (path / SPEC_FILE).is_symlink():
-        raise RunDirError(f"{str(path)!r} is not a ppvae run folder: it has no {SPEC_FILE}")
-    check_no_links(path)
-    if _is_export(path):
-        return _load_export(path, device)
+    path = _run_folder(run_dir)
     spec = load_spec(path / SPEC_FILE)
     check_seed(spec.train.seed, "train.seed")
     data, model, guide = _build(spec)
@@ -573,68 +785,6 @@ def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -
     model.eval()
     guide.eval()
     return run
-
-
-def _is_export(path: Path) -> bool:
-    """Whether the folder ``path`` holds an export (weights, no checkpoints)."""
-    from ppvae.weights import WEIGHTS_FILE
-
-    return (path / WEIGHTS_FILE).is_file() and not (path / "checkpoints").exists()
-
-
-def _load_export(path: Path, device: str) -> Run:
-    """:func:`load_run` of an export: the spec's model and guide with the exported weights
-    (nothing is unpickled: the weights are a safetensors file)."""
-    from ppvae.weights import WEIGHTS_FILE, load_into, read_weights
-
-    spec = load_spec(path / SPEC_FILE)
-    check_seed(spec.train.seed, "train.seed")
-    dev = resolve_device(device)
-    tensors, metadata = read_weights(path / WEIGHTS_FILE, dev)
-    try:
-        stored = json.loads(metadata.get("spec", ""))
-    except ValueError:
-        stored = None
-    if not isinstance(stored, dict):
-        raise CheckpointError(
-            f"{str(path / WEIGHTS_FILE)!r} does not record the spec its weights were trained "
-            "with; it was not written by ppvae export"
-        )
-    diffs = spec_differences(stored, spec.to_dict(), frozen=True)
-    if diffs:
-        raise SpecChangedError(
-            f"{SPEC_FILE} of the export {str(path)!r} differs from the spec its weights were "
-            f"trained with in {describe_differences(diffs)}; restore the export's {SPEC_FILE} "
-            "(only [evaluate], data.path and the optimization settings of [train] may change)"
-        )
-    data, model, guide = _build(spec)
-    model.to(dev)
-    guide.to(dev)
-    load_into({"model": model, "guide": guide}, tensors, path / WEIGHTS_FILE)
-    model.eval()
-    guide.eval()
-    return Run(path, spec, data, model, guide)
-
-
-def _trackers(spec: Spec, work: Path) -> list[Callback]:
-    """The tracking callbacks ``train.logger`` asks for besides ``metrics.jsonl``."""
-    if spec.train.logger != "tensorboard":
-        return []
-    from ppvae.infer.callbacks import TensorBoardLogger
-
-    return [TensorBoardLogger(work / "tensorboard")]
-
-
-def _log_figures(trackers: list[Callback], run: Run, out: Path, history: History) -> None:
-    """The figures the run just wrote, into the trackers that take them (at the last
-    epoch)."""
-    figures = getattr(run, "figures", None) or sorted((out / "figures").glob("*.png"))
-    epoch = history.records[-1]["epoch"] if history.records else 0
-    for tracker in trackers:
-        log = getattr(tracker, "log_figures", None)
-        if log is not None:
-            with writing(out / "tensorboard"):
-                log(figures, step=epoch, folder=out / "tensorboard")
 
 
 def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list[Path]:

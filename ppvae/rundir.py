@@ -11,9 +11,10 @@ in the same folder, renamed over the target), so a full disk or a killed process
 the previous file or the new one, and a link at the target is replaced, never followed.
 
 A checkpoint records the spec it was trained with. Its fingerprint
-(:func:`spec_fingerprint`) covers every section except ``[evaluate]`` and the
+(:func:`spec_fingerprint`) covers every section except ``[evaluate]``, the
 optimization settings of ``[train]`` that a resumed run may change
-(:data:`RESUMABLE_TRAIN_KEYS`): every reader compares the run's ``spec.toml`` with it.
+(:data:`RESUMABLE_TRAIN_KEYS`) and where the data lie (:data:`LOCATION_KEYS`): every
+reader compares the run's ``spec.toml`` with it.
 
 Example:
     >>> import tempfile
@@ -45,9 +46,9 @@ from ppvae.errors import RunDirError, SpecError
 __all__ = [
     "RUN_MARKER",
     "EXPERIMENT_MARKER",
-    "EXPORT_MARKER",
     "LOCK_FILE",
     "RESUMABLE_TRAIN_KEYS",
+    "LOCATION_KEYS",
     "FolderLock",
     "write_marker",
     "is_marked",
@@ -69,13 +70,8 @@ __all__ = [
 
 RUN_MARKER = ".ppvae-run"
 EXPERIMENT_MARKER = ".ppvae-experiment"
-EXPORT_MARKER = ".ppvae-export"
 LOCK_FILE = ".ppvae-lock"
-_MARKER_FORMATS = {
-    RUN_MARKER: "ppvae-run-1",
-    EXPERIMENT_MARKER: "ppvae-experiment-1",
-    EXPORT_MARKER: "ppvae-export-1",
-}
+_MARKER_FORMATS = {RUN_MARKER: "ppvae-run-1", EXPERIMENT_MARKER: "ppvae-experiment-1"}
 
 #: ``[train]`` keys a resumed run may change: optimization settings that leave the model,
 #: its data and what was learned so far as they are. Every other key (and every other
@@ -92,8 +88,16 @@ RESUMABLE_TRAIN_KEYS = (
     "on_nan",
     "progress",
     "deterministic",
-    "logger",
 )
+
+#: Keys that say where a run's inputs lie, not what the run is: ``data.path`` (written out
+#: in full into ``spec.toml``, see :func:`ppvae.run.resolve_paths`). The fingerprint leaves
+#: them out, so a run whose data moved (another machine, another mount) is read with its
+#: ``spec.toml`` pointing at the new place, and a run recorded with ``path = ""`` (the
+#: ``$PPVAE_DATA_DIR`` default) is the same run once the path is written out. The data's
+#: shape is still checked by the weights; their content never was (files can change in
+#: place).
+LOCATION_KEYS: dict[str, tuple[str, ...]] = {"data": ("path",)}
 
 #: The largest seed that every generator ppvae seeds (Python, NumPy, torch) accepts.
 MAX_SEED = 2**32 - 1
@@ -225,8 +229,8 @@ def remove_tree(path: str | Path) -> None:
 
 
 def write_marker(folder: str | Path, name: str = RUN_MARKER) -> None:
-    """Mark ``folder`` as made by ppvae (``name``: :data:`RUN_MARKER`,
-    :data:`EXPERIMENT_MARKER` or :data:`EXPORT_MARKER`)."""
+    """Mark ``folder`` as made by ppvae (``name``: :data:`RUN_MARKER` or
+    :data:`EXPERIMENT_MARKER`)."""
     from ppvae._version import __version__
 
     payload = {"format": _MARKER_FORMATS[name], "ppvae": __version__}
@@ -326,18 +330,24 @@ def lock_is_held(folder: str | Path) -> bool:
 # --------------------------------------------------------------------------- specs
 
 
-def frozen_part(spec_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """The sections of a spec that make a run what it is: all but ``[evaluate]``, and
-    ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`."""
+def frozen_part(spec_dict: Mapping[str, Any], *, locations: bool = False) -> dict[str, Any]:
+    """The sections of a spec that make a run what it is: all but ``[evaluate]``,
+    ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`, and without the
+    :data:`LOCATION_KEYS` (``locations=True`` keeps them: the fingerprint that
+    earlier ppvae versions stored)."""
     out = {k: dict(v) for k, v in spec_dict.items() if k != "evaluate" and isinstance(v, Mapping)}
     if "train" in out:
         out["train"] = {k: v for k, v in out["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
+    if not locations:
+        for section, keys in LOCATION_KEYS.items():
+            if section in out:
+                out[section] = {k: v for k, v in out[section].items() if k not in keys}
     return out
 
 
-def spec_fingerprint(spec_dict: Mapping[str, Any]) -> str:
+def spec_fingerprint(spec_dict: Mapping[str, Any], *, locations: bool = False) -> str:
     """SHA-256 of :func:`frozen_part` (key order independent): what a checkpoint stores."""
-    text = json.dumps(frozen_part(spec_dict), sort_keys=True, default=str)
+    text = json.dumps(frozen_part(spec_dict, locations=locations), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

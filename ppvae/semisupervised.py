@@ -357,7 +357,8 @@ def run_semisupervised(
         out_dir: the experiment folder; a non-empty one is refused unless ``force``
             (start again) or ``resume`` (keep the cells already finished with this spec).
         baseline: also train the labelled-only baseline.
-        log: called with one line per finished cell (None: silent).
+        log: called with a line when a cell starts (or is kept, on resume) and one when
+            it has finished (None: silent); the command line prints them at once.
     """
     seed_list = (
         list(range(seeds))
@@ -424,11 +425,16 @@ def _check_experiment_folder(out: Path, *, force: bool, resume: bool) -> None:
 def _run_cells(spec, labels, seed_list, cell_specs, out, baseline, resume, progress, log):
     """Train (or, on resume, reuse) every cell; the tables of runs are rewritten after each."""
     cells: list[CellResult] = []
+    total = len(labels) * len(seed_list)
     for n in labels:
         for s in seed_list:
             cell_dir = out / f"L{n}" / f"seed{s}"
             cell = _load_cell(cell_dir, cell_specs[(n, s)].digest(), baseline) if resume else None
+            if cell is not None and log is not None:
+                log(f"labels {n} seed {s}: finished earlier, kept (cell {len(cells) + 1}/{total})")
             if cell is None:
+                if log is not None:
+                    log(f"labels {n} seed {s}: training (cell {len(cells) + 1}/{total})")
                 if (cell_dir / "m2").is_dir() and not is_marked(cell_dir / "m2", RUN_MARKER):
                     remove_tree(cell_dir / "m2")  # a cell of an older ppvae, in our folder
                 cell = run_cell(
