@@ -4,7 +4,8 @@ Write a model ``p(z) p(x|z)`` and an amortized guide ``q(z|x)`` as ordinary Pyro
 (``nn.Module``\\ s whose ``forward`` calls ``pyro.sample``, data in the plate ``"data"``);
 ppvae trains them (:func:`fit`, or :func:`init` and :func:`step` in your own loop), estimates ``log p(x)`` per data point by importance
 sampling with diagnostics (:func:`log_marginal_likelihood`), and runs declarative specs
-of its model zoo (:func:`load_spec`, :func:`train_spec`, the ``ppvae`` command).
+of its model zoo (:func:`load_spec`, :func:`train_spec`, the ``ppvae`` command), and exports
+trained runs that :func:`load_run` loads anywhere (:func:`export_run`).
 """
 
 from ppvae._version import __version__ as __version__
@@ -18,6 +19,7 @@ from ppvae.errors import (
     SpecError,
     TrainingError,
 )
+from ppvae.export import export_run
 from ppvae.infer.callbacks import Callback
 from ppvae.infer.config import TrainConfig
 from ppvae.infer.importance import ImportanceResult, log_marginal_likelihood
@@ -48,6 +50,7 @@ __all__ = [
     "parse_spec",
     "train_spec",
     "load_run",
+    "export_run",
     "Run",
     "PpvaeError",
     "SpecError",

@@ -15,6 +15,7 @@ Examples::
     ppvae report runs/vae
     ppvae compare runs/vae runs/mf --out runs/compare
     ppvae kinds prior
+    ppvae export runs/vae --out exports/vae
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "kinds", help="list the kinds of every spec section with their keys and defaults"
     )
     p.add_argument("section", nargs="?", help="one section (data, model, prior, ...)")
+    p = sub.add_parser(
+        "export",
+        help="export a run: weights (safetensors), spec and model card, loadable by load_run",
+    )
+    p.add_argument("run_dir", help="a run folder written by ppvae train")
+    p.add_argument("--out", required=True, help="the export folder (new or empty)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     _add_semisupervised_parsers(sub)
     return parser
 
@@ -479,6 +488,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ppvae.export import export_run
+
+    out = export_run(args.run_dir, args.out, force=args.force, which=args.checkpoint)
+    for path in sorted(out.iterdir()):
+        if not path.name.startswith("."):
+            print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print(f'load it with: ppvae.load_run("{out}")   (the model card: {out / "README.md"})')
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -488,6 +508,7 @@ _COMMANDS = {
     "classify": _cmd_classify,
     "compare": _cmd_compare,
     "kinds": _cmd_kinds,
+    "export": _cmd_export,
 }
 
 

@@ -11,6 +11,7 @@ A run folder holds::
     figures/curves.png      training and validation curves
     figures/samples.png     decoded samples from the prior (image data)
     figures/reconstructions.png   test data above its reconstructions (image data)
+    tensorboard/            event files, with ``train.logger = "tensorboard"``
 
 :func:`train_spec` never overwrites a non-empty folder unless ``force=True``, and even then
 only a folder that ppvae marked as a run, once the new run has written its first
@@ -507,6 +508,8 @@ def train_spec(
         _check_dir(out, force)
         replacing = force and out.is_dir() and _has_entries(out, (LOCK_FILE,))
     work = _staging_dir(out) if replacing else out
+    trackers = _trackers(spec, work)  # a missing extra is refused before any write
+    callbacks = [*trackers, *callbacks]
     try:
         if resume:
             resume_from = out / "checkpoints" / "last.pt"
@@ -590,6 +593,7 @@ def train_spec(
         if main:
             with writing(out / "figures"):
                 run.figures = write_figures(run, history.records)
+                _log_figures(trackers, run, out, history)
         distributed.barrier()
     finally:
         for lock in reversed(locks):
@@ -770,8 +774,17 @@ def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -
     The folder may hold no symbolic link, and its ``spec.toml`` must be the spec the
     checkpoint was trained with (apart from ``[evaluate]`` and the optimization settings
     a resumed run may change): an edited spec is a :class:`~ppvae.errors.SpecChangedError`.
+
+    ``run_dir`` may also be an export (``ppvae export``: ``model.safetensors``,
+    ``spec.toml``, a model card): the model is rebuilt from its spec and given the
+    exported weights (``which`` does not apply: an export holds one set); an export
+    whose weights do not fit its spec's model, or whose spec was edited, is refused.
+    Either way the spec's data are loaded (``run.data``): where its ``data.path``
+    says, or the built-in data set.
     """
     path = _run_folder(run_dir)
+    if _is_export(path):
+        return _load_export(path, device)
     spec = load_spec(path / SPEC_FILE)
     check_seed(spec.train.seed, "train.seed")
     data, model, guide = _build(spec)
@@ -785,6 +798,68 @@ def load_run(run_dir: str | Path, *, which: str = "best", device: str = "cpu") -
     model.eval()
     guide.eval()
     return run
+
+
+def _is_export(path: Path) -> bool:
+    """Whether the folder ``path`` holds an export (weights, no checkpoints)."""
+    from ppvae.weights import WEIGHTS_FILE
+
+    return (path / WEIGHTS_FILE).is_file() and not (path / "checkpoints").exists()
+
+
+def _load_export(path: Path, device: str) -> Run:
+    """:func:`load_run` of an export: the spec's model and guide with the exported weights
+    (nothing is unpickled: the weights are a safetensors file)."""
+    from ppvae.weights import WEIGHTS_FILE, load_into, read_weights
+
+    spec = load_spec(path / SPEC_FILE)
+    check_seed(spec.train.seed, "train.seed")
+    dev = resolve_device(device)
+    tensors, metadata = read_weights(path / WEIGHTS_FILE, dev)
+    try:
+        stored = json.loads(metadata.get("spec", ""))
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise CheckpointError(
+            f"{str(path / WEIGHTS_FILE)!r} does not record the spec its weights were trained "
+            "with; it was not written by ppvae export"
+        )
+    diffs = spec_differences(stored, spec.to_dict(), frozen=True)
+    if diffs:
+        raise SpecChangedError(
+            f"{SPEC_FILE} of the export {str(path)!r} differs from the spec its weights were "
+            f"trained with in {describe_differences(diffs)}; restore the export's {SPEC_FILE} "
+            "(only [evaluate], data.path and the optimization settings of [train] may change)"
+        )
+    data, model, guide = _build(spec)
+    model.to(dev)
+    guide.to(dev)
+    load_into({"model": model, "guide": guide}, tensors, path / WEIGHTS_FILE)
+    model.eval()
+    guide.eval()
+    return Run(path, spec, data, model, guide)
+
+
+def _trackers(spec: Spec, work: Path) -> list[Callback]:
+    """The tracking callbacks ``train.logger`` asks for besides ``metrics.jsonl``."""
+    if spec.train.logger != "tensorboard":
+        return []
+    from ppvae.infer.callbacks import TensorBoardLogger
+
+    return [TensorBoardLogger(work / "tensorboard")]
+
+
+def _log_figures(trackers: list[Callback], run: Run, out: Path, history: History) -> None:
+    """The figures the run just wrote, into the trackers that take them (at the last
+    epoch)."""
+    figures = getattr(run, "figures", None) or sorted((out / "figures").glob("*.png"))
+    epoch = history.records[-1]["epoch"] if history.records else 0
+    for tracker in trackers:
+        log = getattr(tracker, "log_figures", None)
+        if log is not None:
+            with writing(out / "tensorboard"):
+                log(figures, step=epoch, folder=out / "tensorboard")
 
 
 def write_figures(run: Run, records: list[dict[str, Any]] | None = None) -> list[Path]:

@@ -46,6 +46,7 @@ from ppvae.errors import RunDirError, SpecError
 __all__ = [
     "RUN_MARKER",
     "EXPERIMENT_MARKER",
+    "EXPORT_MARKER",
     "LOCK_FILE",
     "RESUMABLE_TRAIN_KEYS",
     "LOCATION_KEYS",
@@ -70,8 +71,13 @@ __all__ = [
 
 RUN_MARKER = ".ppvae-run"
 EXPERIMENT_MARKER = ".ppvae-experiment"
+EXPORT_MARKER = ".ppvae-export"
 LOCK_FILE = ".ppvae-lock"
-_MARKER_FORMATS = {RUN_MARKER: "ppvae-run-1", EXPERIMENT_MARKER: "ppvae-experiment-1"}
+_MARKER_FORMATS = {
+    RUN_MARKER: "ppvae-run-1",
+    EXPERIMENT_MARKER: "ppvae-experiment-1",
+    EXPORT_MARKER: "ppvae-export-1",
+}
 
 #: ``[train]`` keys a resumed run may change: optimization settings that leave the model,
 #: its data and what was learned so far as they are. Every other key (and every other
@@ -88,6 +94,7 @@ RESUMABLE_TRAIN_KEYS = (
     "on_nan",
     "progress",
     "deterministic",
+    "logger",
 )
 
 #: Keys that say where a run's inputs lie, not what the run is: ``data.path`` (written out
@@ -229,8 +236,8 @@ def remove_tree(path: str | Path) -> None:
 
 
 def write_marker(folder: str | Path, name: str = RUN_MARKER) -> None:
-    """Mark ``folder`` as made by ppvae (``name``: :data:`RUN_MARKER` or
-    :data:`EXPERIMENT_MARKER`)."""
+    """Mark ``folder`` as made by ppvae (``name``: :data:`RUN_MARKER`,
+    :data:`EXPERIMENT_MARKER` or :data:`EXPORT_MARKER`)."""
     from ppvae._version import __version__
 
     payload = {"format": _MARKER_FORMATS[name], "ppvae": __version__}

@@ -75,3 +75,23 @@ def test_readme_python_snippet_runs(repo):
     # the user loop: two epochs of ceil(N / 128) steps, a finite loss per data point
     steps, loss = re.search(r"^(\d+) (\S+)$", out.stdout, re.M).groups()
     assert int(steps) % 2 == 0 and int(steps) >= 2 and 0 < float(loss) < 64 * 0.7
+
+
+def test_readme_share_and_track_snippet_runs(repo, tmp_path):
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## Share and track") : readme.index("## Data\n")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace('"epochs": 10', '"epochs": 2')
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = map(
+        float,
+        re.search(r"log p\(x\) (\S+) from the run, (\S+) from the export", out.stdout).groups(),
+    )
+    assert a == b and -64 * 0.7 < a < 0
+    assert "identical: True" in out.stdout
+    assert (tmp_path / "exports" / "shared-vae" / "model.safetensors").is_file()
+    assert any((tmp_path / "runs" / "shared-vae" / "tensorboard").iterdir())

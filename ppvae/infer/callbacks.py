@@ -1,5 +1,5 @@
 """Callbacks of :func:`ppvae.fit`: progress bar, metrics log, checkpoints, early stopping,
-KL warm-up.
+KL warm-up, TensorBoard.
 
 A callback subclasses :class:`Callback` and overrides any of its hooks; each receives the
 :class:`~ppvae.infer.train.TrainState` (and the step's ``info`` or the epoch's record).
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppvae.checkpoint import save_checkpoint
-from ppvae.errors import RunDirError
+from ppvae.errors import RunDirError, SpecError
 
 if TYPE_CHECKING:
     from ppvae.infer.train import TrainState
@@ -32,6 +32,7 @@ __all__ = [
     "Checkpointer",
     "EarlyStopping",
     "KLWarmup",
+    "TensorBoardLogger",
 ]
 
 
@@ -217,6 +218,111 @@ class KLWarmup(Callback):
         total = self.epochs * state.steps_per_epoch
         beta = state.config.beta
         state.kl_weight = beta if total <= 0 else beta * min(1.0, (state.step + 1) / total)
+
+
+class TensorBoardLogger(Callback):
+    """Write training into TensorBoard event files in ``folder`` (the ``ppvae[tensorboard]``
+    extra; a spec's run uses one with ``train.logger = "tensorboard"``, in ``RUN/tensorboard``).
+
+    Tags: ``step/loss`` and ``step/grad_norm`` every ``every`` steps (x axis: the step);
+    ``epoch/<key>`` for every number in each epoch's record, nested dictionaries as
+    ``epoch/<key>/<inner key>`` and lists of numbers one tag per index (e.g.
+    ``epoch/latent/kl_per_dim/3``), x axis: the epoch; :meth:`log_figures` adds PNG
+    figures as images ``figures/<file stem>``. Only the main process writes. The writer is
+    closed when training ends, so the folder can be moved (renamed) afterwards.
+
+    Example:
+        >>> import tempfile, torch
+        >>> import ppvae
+        >>> from ppvae.infer.callbacks import TensorBoardLogger
+        >>> logger = TensorBoardLogger(tempfile.mkdtemp())  # doctest: +SKIP
+        >>> ppvae.fit(model, guide, x, "elbo", callbacks=[logger])  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: str | Path, *, every: int = 1) -> None:
+        _summary_writer_class()  # refuse now, before training, when tensorboard is missing
+        self.folder = Path(folder)
+        self.every = max(1, int(every))
+        self._writer = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.is_main_process:
+            self._writer = _summary_writer_class()(log_dir=str(self.folder))
+
+    def on_step_end(self, state: TrainState, info: dict[str, Any]) -> None:
+        if self._writer is None or info.get("skipped") or state.step % self.every:
+            return
+        for key in ("loss", "grad_norm"):
+            value = _number(info.get(key))
+            if value is not None:
+                self._writer.add_scalar(f"step/{key}", value, state.step)
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        epoch = record.get("epoch", state.epoch)
+        for tag, value in _scalars(record, "epoch"):
+            if tag not in ("epoch/epoch", "epoch/step"):
+                self._writer.add_scalar(tag, value, epoch)
+        self._writer.flush()
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def log_figures(self, paths: Any, *, step: int, folder: str | Path | None = None) -> list[str]:
+        """Add the PNG files ``paths`` as images ``figures/<stem>`` at ``step``, into
+        ``folder`` (default: the logger's); returns the tags written."""
+        import matplotlib.image
+
+        pngs = [Path(p) for p in paths if Path(p).suffix.lower() == ".png"]
+        if not pngs:
+            return []
+        writer = _summary_writer_class()(log_dir=str(folder or self.folder))
+        tags = []
+        try:
+            for path in pngs:
+                image = matplotlib.image.imread(path)  # (H, W[, C]) floats in [0, 1]
+                if image.ndim == 2:
+                    image = image[..., None].repeat(3, axis=-1)
+                writer.add_image(f"figures/{path.stem}", image[..., :3], step, dataformats="HWC")
+                tags.append(f"figures/{path.stem}")
+        finally:
+            writer.close()
+        return tags
+
+
+def _summary_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``, or a :class:`SpecError` naming the extra."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SpecError(
+            "TensorBoard logging (train.logger = 'tensorboard') needs the tensorboard "
+            "package: pip install 'ppvae[tensorboard]'"
+        ) from None
+    return SummaryWriter
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _scalars(value: Any, tag: str, limit: int = 256) -> list[tuple[str, float]]:
+    """``(tag, number)`` for every number in ``value`` (dictionaries by key, lists of at
+    most ``limit`` numbers by index); strings, booleans and None are left out."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _scalars(v, f"{tag}/{k}", limit)]
+    if isinstance(value, list | tuple):
+        if len(value) > limit:
+            return []
+        return [pair for i, v in enumerate(value) for pair in _scalars(v, f"{tag}/{i}", limit)]
+    number = _number(value)
+    return [] if number is None else [(tag, number)]
 
 
 def _json_safe(record: dict[str, Any]) -> dict[str, Any]:

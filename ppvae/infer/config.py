@@ -30,6 +30,7 @@ MAX_SEED = 2**32 - 1
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _ON_NAN = ("stop", "skip")
 _SCHEDULES = ("constant", "cosine", "step", "plateau")
+_LOGGERS = ("jsonl", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class TrainConfig:
             stepped after every epoch; its state is part of the checkpoint.
         lr_warmup_epochs: raise the learning rate linearly over this many epochs first
             (not with ``plateau``).
+        logger: where a spec's run (:func:`ppvae.train_spec`) tracks training besides
+            ``metrics.jsonl``, which is always written: ``jsonl`` (nothing else) or
+            ``tensorboard`` (event files in ``RUN/tensorboard``, the
+            ``ppvae[tensorboard]`` extra; see
+            :class:`~ppvae.infer.callbacks.TensorBoardLogger`, which :func:`ppvae.fit`
+            takes as a callback).
     """
 
     epochs: int = 20
@@ -97,6 +104,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     lr_patience: int = 5
     lr_min: float = 0.0
+    logger: Literal["jsonl", "tensorboard"] = "jsonl"
 
     def __post_init__(self) -> None:
         ints = (
@@ -177,6 +185,10 @@ class TrainConfig:
             raise SpecError(
                 "train.lr_warmup_epochs does not combine with lr_schedule = 'plateau'; use "
                 "cosine or step with a warm-up"
+            )
+        if self.logger not in _LOGGERS:
+            raise SpecError(
+                f"train.logger must be one of {', '.join(_LOGGERS)}, got {self.logger!r}"
             )
         for key in ("progress", "deterministic", "shuffle"):
             if not isinstance(getattr(self, key), bool):
