@@ -50,6 +50,7 @@ from ppvae.evaluate import evaluate_run  # noqa: E402
 from ppvae.infer.callbacks import Callback  # noqa: E402
 from ppvae.infer.config import resolve_device  # noqa: E402
 from ppvae.run import Run, load_run, train_spec  # noqa: E402
+from ppvae.rundir import spec_fingerprint  # noqa: E402
 from ppvae.spec import Spec, load_spec  # noqa: E402
 
 MODELS = ("vae_bmnist", "iwae_bmnist", "vamp_bmnist", "iaf_bmnist", "hvae_bmnist")
@@ -134,7 +135,7 @@ def train(spec: Spec, run_dir: Path, budget_s: float, log) -> tuple[Run | None, 
     resume = last.is_file()
     if resume:
         checkpoint = load_checkpoint(last)
-        if checkpoint.get("spec_digest") != spec.digest():
+        if checkpoint.get("spec_digest") != spec_fingerprint(spec.to_dict()):
             _common.fail(
                 f"{run_dir} was trained with a different spec (models/ file or flags such "
                 "as --device, --quick changed); delete it or choose another --out"

@@ -41,11 +41,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyro
@@ -416,9 +413,8 @@ class LatentDiagnostics(Callback):
     epoch's record, on fixed random draws (``seed``) and in eval mode, leaving the
     training's random streams and the modules' modes as they were.
 
-    :func:`~ppvae.fit` calls its own metrics logger before the callbacks it is given, so
-    with ``metrics_path`` the epoch's line of that ``metrics.jsonl`` (its last line) is
-    rewritten with the new keys (never through a symbolic link). The keys: ``kl_per_dim``,
+    :func:`~ppvae.fit` runs the callbacks it is given before its metrics log, so the keys
+    are written to ``metrics.jsonl`` with the epoch's record. The keys: ``kl_per_dim``,
     ``kl``, ``kl_method``, ``active_units``, ``activity``, ``latent_dim`` (see
     :func:`latent_diagnostics`), all under ``"latent"``, and ``active_units`` at the top.
     """
@@ -430,13 +426,11 @@ class LatentDiagnostics(Callback):
         data,
         *,
         seed: int = 0,
-        metrics_path: str | os.PathLike | None = None,
         batch_size: int = 1000,
     ) -> None:
         self.model, self.guide = model, guide
         self.data = _inputs(data)
         self.seed = seed
-        self.metrics_path = None if metrics_path is None else Path(metrics_path)
         self.batch_size = batch_size
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
@@ -456,9 +450,7 @@ class LatentDiagnostics(Callback):
             pyro.util.set_rng_state(rng)
         diag = {k: v for k, v in diag.items() if k != "points"}
         record["active_units"] = diag["active_units"]
-        record["latent"] = diag
-        if self.metrics_path is not None:
-            _rewrite_last_line(self.metrics_path, record)
+        record["latent"] = diag  # fit runs this before its metrics log: written with it
 
 
 def _device_of(*modules) -> torch.device:
@@ -467,30 +459,3 @@ def _device_of(*modules) -> torch.device:
             for param in module.parameters():
                 return param.device
     return torch.device("cpu")
-
-
-def _rewrite_last_line(path: Path, record: dict[str, Any]) -> None:
-    """Replace the last line of ``path`` (the logger's line of ``record``'s epoch) by that
-    line with ``record``'s latent keys added; nothing when it is another epoch's."""
-    if path.is_symlink() or not path.is_file():
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd) as f:
-        lines = f.read().splitlines(keepends=True)
-    if not lines:
-        return
-    try:
-        last = json.loads(lines[-1])
-    except ValueError:
-        return
-    if not isinstance(last, dict) or (last.get("epoch"), last.get("step")) != (
-        record.get("epoch"),
-        record.get("step"),
-    ):
-        return
-    last["active_units"], last["latent"] = record["active_units"], record["latent"]
-    lines[-1] = json.dumps(last) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(lines))
-    os.replace(tmp, path)  # replaces a link placed meanwhile, never follows it

@@ -614,7 +614,6 @@ def _latent_callbacks(spec: Spec, data: DataBundle, model, guide, work: Path) ->
             guide,
             model_inputs(spec, data.valid),
             seed=spec.train.seed,
-            metrics_path=work / "metrics.jsonl",
         )
     ]
 

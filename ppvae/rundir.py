@@ -191,7 +191,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     it: a failure leaves the previous file, and a link at ``path`` is replaced, not followed."""
     path = Path(path)
     with atomic_target(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(tmp, flags, 0o644)  # rw-r--r-- before the umask, never executable
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import ppvae
 from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.latents import (
     ACTIVE_THRESHOLD,
@@ -208,15 +209,21 @@ def test_callback_records_and_leaves_the_random_streams_alone(tmp_path):
         def scope(self):
             return pyro.get_param_store().scope()
 
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text(json.dumps({"epoch": 1, "step": 3, "train_loss": float("nan")}) + "\n")
-    cb = LatentDiagnostics(model, guide, x[:500], seed=1, metrics_path=metrics)
+    cb = LatentDiagnostics(model, guide, x[:500], seed=1)
     record = {"epoch": 1, "step": 3}
     torch.manual_seed(5)
     before = torch.get_rng_state()
     cb.on_epoch_end(State(), record)
     assert torch.equal(torch.get_rng_state(), before)
     assert record["active_units"] == 2 and record["latent"]["kl_method"] == "closed_form"
-    line = json.loads(metrics.read_text())
-    assert line["active_units"] == 2 and line["latent"] == record["latent"]
-    assert line["train_loss"] is None or math.isnan(line["train_loss"])  # kept as logged
+
+
+def test_fit_writes_the_callbacks_keys_with_the_epoch(tmp_path):
+    """Callbacks run before fit's metrics log: the diagnostics are in metrics.jsonl."""
+    model, guide, x = _ppca(rank=2)
+    cb = LatentDiagnostics(model, guide, x[:200], seed=1)
+    ppvae.fit(model, guide, x[:400], epochs=2, batch_size=100, lr=1e-3, progress=False,
+              device="cpu", out_dir=tmp_path, callbacks=[cb])  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all(line["active_units"] == 2 and "kl_per_dim" in line["latent"] for line in lines)

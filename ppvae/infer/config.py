@@ -35,7 +35,7 @@ _LOGGERS = ("jsonl", "tensorboard")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How training runs (the ``[train]`` section of a spec).
+    r"""How training runs (the ``[train]`` section of a spec).
 
     Attributes:
         epochs: passes over the training data.
@@ -50,8 +50,8 @@ class TrainConfig:
             ``beta`` over this many epochs (0: off; objectives with a KL term: the ELBOs,
             and IWAE/Rényi with the reparameterized estimator, whose importance weights
             then carry the weighted latent terms).
-        beta: the final weight of the latent terms, :math:`\\log p(x|z) + \beta (\\log p(z) -
-            \\log q(z|x))` (1: the ELBO; beta-VAE, Higgins et al. 2017, for beta > 1); the
+        beta: the final weight of the latent terms, :math:`\log p(x|z) + \beta (\log p(z) -
+            \log q(z|x))` (1: the ELBO; beta-VAE, Higgins et al. 2017, for beta > 1); the
             reported ``train_loss`` is that objective, the validation ELBO always beta = 1.
         early_stopping: stop after this many epochs without a better validation ELBO
             (0: off).

@@ -147,7 +147,9 @@ def fit(
             ELBO instance; it is the loss that is optimized, whatever its class.
         config: the :class:`~ppvae.infer.config.TrainConfig`; ``**settings`` (e.g.
             ``epochs=5, lr=1e-2``) replace fields of it (or of the defaults).
-        callbacks: extra :class:`~ppvae.infer.callbacks.Callback`\ s.
+        callbacks: extra :class:`~ppvae.infer.callbacks.Callback`\ s; they run before the
+            metrics log and the checkpoints, so keys they add to an epoch's record are
+            written with it.
         valid_data: data (tensor or tuple) whose ELBO per point is computed after every
             epoch (fixed random draws, eval mode); it drives ``best.pt`` and early stopping.
         optimizer: None (the config's), a torch optimizer class, a callable
@@ -256,9 +258,9 @@ def fit(
             cbs.append(ProgressBar())
         if config.early_stopping > 0:  # before the logger, which then records early_stopped
             cbs.append(EarlyStopping(config.early_stopping))
+        cbs.extend(callbacks)  # before the logger: they may add keys to the epoch's record
         if out_dir is not None:
             cbs.append(MetricsLogger(Path(out_dir) / "metrics.jsonl"))
-        cbs.extend(callbacks)
         if out_dir is not None:
             cbs.append(Checkpointer(Path(out_dir) / "checkpoints"))  # last: sees the final record
 
