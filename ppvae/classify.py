@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ppvae.errors import DataError, RunDirError
-from ppvae.models.abilities import Classifies
+from ppvae.models.abilities import Classifies, accuracy_percent, class_probabilities
 from ppvae.rundir import check_output_path, write_text_atomic, writing
 
 __all__ = ["ClassifyResult", "classify_run", "predict_proba", "read_inputs"]
@@ -38,15 +38,8 @@ class ClassifyResult:
     out: Path | None
 
 
-@torch.no_grad()
-def predict_proba(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """``guide.predict_proba`` over ``x`` in batches, on the guide's device, as CPU float."""
-    device = next((p.device for p in guide.parameters()), torch.device("cpu"))
-    parts = [
-        guide.predict_proba(x[i : i + batch_size].to(device)).cpu()
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0)
+#: ``guide.predict_proba`` over ``x`` in batches (shared with ``ppvae evaluate``).
+predict_proba = class_probabilities
 
 
 def read_inputs(
@@ -108,9 +101,7 @@ def classify_run(
         x, y = part.x, part.y
     probs = predict_proba(run.guide, x)
     predicted = probs.argmax(-1)
-    acc = None
-    if y is not None and len(y):
-        acc = 100.0 * float((predicted == y).float().mean())
+    acc = accuracy_percent(predicted, y)
     path = Path(out) if out is not None else run.path / f"classify-{name}.csv"
     if path.suffix.lower() != ".csv":
         raise RunDirError(f"--out must end in .csv, got {str(path)!r}")

@@ -231,6 +231,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+    if summary.get("warning"):  # on stderr: --json output stays parseable
+        more = 10 * summary["num_samples"]
+        print(
+            f"warning: {summary['warning']}; e.g. ppvae evaluate {args.run_dir} "
+            f"--num-samples {more}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -251,6 +258,8 @@ def _print_summary(s: dict) -> None:
             f"share > 0.7: {num(s['khat_frac_bad'])}, share > {s['khat_threshold']:.3f}: "
             f"{num(s['khat_frac_above_threshold'])}"
         )
+    if s.get("accuracy") is not None:
+        print(f"  accuracy  {s['accuracy']:.2f}% (most probable class of q(y|x) vs the labels)")
     print(f"  per-point values: {s['per_point_file']}")
     print(f"  k-hat plot: {s['khat_plot']}")
 

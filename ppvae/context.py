@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 __all__ = ["BuildContext"]
 
@@ -18,6 +20,9 @@ class BuildContext:
         activation: activation name (see :data:`ppvae.nn.ACTIVATIONS`).
         num_classes: number of label classes, when the data has labels.
         image_shape: the shape of one data point as an image, when it is one.
+        data: the training inputs the likelihood models (or a sample of them), for
+            starting values taken from the data (e.g. the ``gaussian`` likelihood's
+            scale); None when a model is built without data.
     """
 
     data_dim: int
@@ -26,3 +31,4 @@ class BuildContext:
     activation: str = "relu"
     num_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
+    data: torch.Tensor | None = field(default=None, compare=False, repr=False)

@@ -8,6 +8,11 @@ and the PSIS :math:`\hat k`, and writes into ``RUN/evaluation/``:
 * ``<split>-K<K>.json``: the summary (also returned);
 * ``<split>-K<K>.npz``: per-point ``log_px``, ``elbo``, ``stderr``, ``ess``, ``khat``;
 * ``<split>-K<K>-khat.png``: the :math:`\hat k` plot.
+
+The summary says whether the estimate is ``reliable`` (False, with a ``warning`` saying
+what to do, when too many points have a :math:`\hat k` above the threshold: see
+:class:`~ppvae.infer.importance.ImportanceResult`), and for a run whose guide classifies
+(M2) the ``accuracy`` in percent of :math:`q(y|x)` on the split's labels.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ppvae.infer.diagnostics import khat_threshold, plot_khat
 from ppvae.infer.importance import log_marginal_likelihood
 from ppvae.infer.isolation import isolated_param_store
 from ppvae.infer.rng import seeded
+from ppvae.models.abilities import Classifies, accuracy_percent, class_probabilities
 from ppvae.run import Run, model_inputs
 from ppvae.rundir import (
     atomic_target,
@@ -75,7 +81,20 @@ def summarize(result, split: str) -> dict[str, Any]:
         "khat_threshold": threshold,
         "khat_frac_above_threshold": float((finite > threshold).mean()) if finite.size else None,
         "num_khat_samples": result.num_khat_samples,
+        "reliable": result.reliable,
+        "warning": result.warning,
     }
+
+
+def _accuracy(run: Run, split: str) -> dict[str, Any]:
+    """For a guide with a classifier q(y|x) (M2) and a split with labels: ``accuracy``,
+    the percentage of points whose most probable class under q(y|x) is their label
+    (``ppvae classify``'s figure, from the same code)."""
+    part = run.data.split(split)
+    if not isinstance(run.guide, Classifies) or part.y is None:
+        return {}
+    predicted = class_probabilities(run.guide, part.x).argmax(-1)
+    return {"accuracy": accuracy_percent(predicted, part.y)}
 
 
 def _latent_summary(run: Run, data: tuple) -> dict[str, Any]:
@@ -154,6 +173,7 @@ def evaluate_run(
         )
     summary = summarize(result, split)
     summary.update(_latent_summary(run, data))
+    summary.update(_accuracy(run, split))
     folder = run.path / "evaluation"
     stem = f"{split}-K{num_samples}"
     summary["per_point_file"] = str(folder / f"{stem}.npz")

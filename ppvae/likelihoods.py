@@ -43,6 +43,7 @@ __all__ = [
     "BernoulliLikelihood",
     "ContinuousBernoulliLikelihood",
     "GaussianLikelihood",
+    "data_scale",
     "Categorical256Likelihood",
     "DiscretizedLogisticLikelihood",
     "PoissonLikelihood",
@@ -144,19 +145,50 @@ class ContinuousBernoulliLikelihood(LikelihoodConfig):
             )
 
 
+def _inverse_softplus(value: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log(e^v - 1)`, stable for large and small ``v > 0``."""
+    return value + torch.log(-torch.expm1(-value))
+
+
+def data_scale(x: torch.Tensor | None, *, per_feature: bool) -> torch.Tensor:
+    r"""The standard deviation of training inputs ``x`` ``[N, D]``, computed in float64.
+
+    ``per_feature``: each feature's own :math:`s_j` (shape ``(D,)``, at least
+    :math:`10^{-3}` of the pooled value, so constant features get a small positive
+    scale); else the pooled :math:`s = (\frac1D \sum_j s_j^2)^{1/2}` (a scalar), the root
+    mean square distance of a value from its feature's mean. Without data (``None``), a
+    single point, or constant data: 1.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+        >>> data_scale(x, per_feature=True), data_scale(x, per_feature=False)
+        (tensor([1., 2.]), tensor(1.5811))
+    """
+    if x is None or x.shape[0] < 2:
+        return torch.ones(x.shape[-1]) if (per_feature and x is not None) else torch.tensor(1.0)
+    var = x.detach().to("cpu", torch.float64).var(0, correction=0)
+    pooled = float(var.mean().sqrt())
+    if not pooled > 0:
+        pooled = 1.0
+    if not per_feature:
+        return torch.tensor(pooled, dtype=torch.float32)
+    return var.sqrt().clamp(min=1e-3 * pooled).to(torch.float32)
+
+
 class _Gaussian(nn.Module):
     params_per_dim = 1
 
-    def __init__(self, data_dim: int, scale: float, learn: str) -> None:
+    def __init__(self, data_dim: int, scale: float | torch.Tensor, learn: str) -> None:
         super().__init__()
         self.learn = learn
-        raw = math.log(math.expm1(scale))  # softplus^-1
+        start = torch.as_tensor(scale).to(torch.float64)
+        if learn == "pixel":
+            start = start.expand(data_dim)
+        raw = _inverse_softplus(start).float()
         if learn == "fixed":
-            self.register_buffer("raw_scale", torch.tensor(raw))
-        elif learn == "global":
-            self.raw_scale = nn.Parameter(torch.tensor(raw))
+            self.register_buffer("raw_scale", raw)
         else:
-            self.raw_scale = nn.Parameter(torch.full((data_dim,), raw))
+            self.raw_scale = nn.Parameter(raw)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -169,28 +201,85 @@ class _Gaussian(nn.Module):
         return out
 
 
+#: ``scale`` values of the ``gaussian`` likelihood that take it from the training data.
+SCALE_FROM_DATA = ("std", "feature_std")
+#: What ``learn = "auto"`` becomes: fixed for a number, learned for a scale from the data.
+_AUTO_LEARN = {"std": "global", "feature_std": "pixel"}
+
+
 @LIKELIHOODS.register("gaussian")
 @dataclass(frozen=True)
 class GaussianLikelihood(LikelihoodConfig):
-    r"""Independent Gaussian features, :math:`x_i | z \sim N(f_i(z), \sigma^2)`.
+    r"""Independent Gaussian features, :math:`x_i | z \sim N(f_i(z), \sigma_i^2)`.
+
+    By default :math:`\sigma` starts at the standard deviation of the training split and
+    is learned: data of any scale get a likelihood of that scale from the first step (a
+    fixed :math:`\sigma` far below the data's spread, such as the 0.1 that was the
+    default before, costs hundreds of nats per point on data of unit scale and says
+    nothing). An explicit number keeps the behaviour it always had: that fixed
+    :math:`\sigma` (learned from there with ``learn = "global"`` or ``"pixel"``).
 
     Attributes:
-        scale: :math:`\sigma` (the initial value when learned).
+        scale: where :math:`\sigma` starts: ``"std"`` (default) the pooled standard
+            deviation of the training inputs, :math:`(\frac1D \sum_j s_j^2)^{1/2}`;
+            ``"feature_std"`` each feature's own :math:`s_j`; or a positive number.
+            Without data (a model built from Python with no data) ``"std"`` and
+            ``"feature_std"`` start at 1. See :func:`data_scale`.
         learn: ``"fixed"`` keeps :math:`\sigma`; ``"global"`` learns one :math:`\sigma`;
-            ``"pixel"`` learns one per feature.
+            ``"pixel"`` learns one per feature; ``"auto"`` (default) means ``"global"``
+            for ``scale = "std"``, ``"pixel"`` for ``"feature_std"`` and ``"fixed"`` for a
+            number (:attr:`resolved_learn`).
+
+    :math:`\sigma = \mathrm{softplus}(\rho) + 10^{-6}` with :math:`\rho` the parameter
+    (or buffer) ``raw_scale``.
+
+    Example:
+        >>> from ppvae.context import BuildContext
+        >>> x = torch.randn(500, 3) * 4.0
+        >>> config = GaussianLikelihood()
+        >>> config.scale, config.resolved_learn
+        ('std', 'global')
+        >>> lik = config.build(BuildContext(data_dim=3, latent_dim=2, data=x))
+        >>> abs(float(lik.scale) - 4.0) < 0.5, lik.raw_scale.requires_grad
+        (True, True)
+        >>> GaussianLikelihood(scale=0.1).resolved_learn  # a number: fixed, as before
+        'fixed'
     """
 
     support: ClassVar[str] = "real"
 
-    scale: float = 0.1
-    learn: Literal["fixed", "global", "pixel"] = "fixed"
+    scale: float | Literal["std", "feature_std"] = "std"
+    learn: Literal["auto", "fixed", "global", "pixel"] = "auto"
 
     def __post_init__(self) -> None:
-        if not self.scale > 0:
+        if isinstance(self.scale, str):
+            if self.scale not in SCALE_FROM_DATA:
+                raise SpecError(
+                    'likelihood.scale must be a positive number, "std" or "feature_std", '
+                    f"got {self.scale!r}"
+                )
+        elif isinstance(self.scale, bool) or not self.scale > 0:
             raise SpecError(f"likelihood.scale must be positive, got {self.scale}")
+        if self.scale == "feature_std" and self.learn == "global":
+            raise SpecError(
+                'likelihood.scale = "feature_std" starts one scale per feature, which '
+                'learn = "global" cannot hold; use learn = "pixel" (or "fixed"), or '
+                'scale = "std"'
+            )
+
+    @property
+    def resolved_learn(self) -> str:
+        """``learn`` with ``"auto"`` resolved: ``"fixed"``, ``"global"`` or ``"pixel"``."""
+        if self.learn != "auto":
+            return self.learn
+        return _AUTO_LEARN.get(self.scale, "fixed") if isinstance(self.scale, str) else "fixed"
 
     def build(self, ctx: BuildContext) -> nn.Module:
-        return _Gaussian(ctx.data_dim, self.scale, self.learn)
+        if isinstance(self.scale, str):
+            start = data_scale(ctx.data, per_feature=self.scale == "feature_std")
+        else:
+            start = torch.tensor(self.scale, dtype=torch.float64)
+        return _Gaussian(ctx.data_dim, start, self.resolved_learn)
 
 
 #: Grey levels of 8-bit data: pixel values are k / 255, k = 0 .. 255.

@@ -111,7 +111,8 @@ def _candidates(tp, default) -> list[Any]:
     if tp is int:
         return [v for v in (default + 1, default + 2, 1, 2, 3, 7, 100) if v != default]
     if tp is float:
-        return [v for v in ((default or 1.0) * 0.5, 0.25, 0.75, 1.5, 2.0, 0.001) if v != default]
+        base = default if isinstance(default, int | float) and default else 1.0  # "std": a str
+        return [v for v in (base * 0.5, 0.25, 0.75, 1.5, 2.0, 0.001) if v != default]
     if tp is str:
         return [
             v

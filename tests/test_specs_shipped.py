@@ -84,6 +84,11 @@ def test_spec_trains_with_a_tiny_budget(path, tmp_path, request):
         m1 = load_spec(m1_path)
         train_spec(load_spec(m1_path, [*TINY, *_small_model(m1)]), tmp_path / "m1")
         extra.append(f"model.m1_run={json.dumps(str(tmp_path / 'm1'))}")
+    if spec.data.kind == "npz" and not Path(spec.data.path).exists():  # your own data
+        import numpy as np
+
+        np.savez(tmp_path / "own.npz", x=np.random.default_rng(0).normal(size=(100, 6)))
+        extra.append(f"data.path={json.dumps(str(tmp_path / 'own.npz'))}")
     spec = load_spec(path, [*TINY, *_small_model(spec), *extra])
     run, history = train_spec(spec, tmp_path / "run")
     assert len(history) == 1

@@ -245,12 +245,16 @@ def read_npz(
             raise DataError(f"cannot read npz file {path}: {_reason(err)}") from err
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(
-                f"file {path} holds a single array, not an .npz archive with an array {x_key!r}"
+                f"file {path} holds a single array, not an .npz archive with an array "
+                f"{x_key!r}; write one with numpy.savez(path, {x_key}=array)"
             )
         with archive:
             if x_key not in archive.files:
                 keys = ", ".join(repr(k) for k in archive.files) or "nothing"
-                raise DataError(f"npz file {path} has no array {x_key!r}; it holds {keys}")
+                raise DataError(
+                    f"npz file {path} has no array {x_key!r}; it holds {keys} (a data set names "
+                    "its inputs array with data.x_key, e.g. --set data.x_key=NAME)"
+                )
             x = _npz_array(archive, path, x_key)
             y = _npz_array(archive, path, y_key) if y_key in archive.files else None
     return x, y

@@ -100,7 +100,9 @@ def check_unit_interval(x: torch.Tensor, *, where: str) -> None:
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         raise DataError(
             f"cannot binarize {where}: its values span [{float(x.min()):g}, {float(x.max()):g}] "
-            "but binarization needs probabilities in [0, 1]"
+            "but binarization needs probabilities in [0, 1]; to model the values as they are, "
+            'keep them with --set data.binarize=none (data.binarize = "none") and use a '
+            'likelihood for real values such as likelihood.kind = "gaussian"'
         )
 
 
@@ -115,7 +117,10 @@ def check_labels(y: np.ndarray, *, n: int, where: str, num_classes: int = 0) -> 
         tensor([2, 0, 1])
     """
     if y.dtype.kind not in "iu":
-        raise DataError(f"{where} has dtype {y.dtype}; labels must be integers")
+        raise DataError(
+            f"{where} has dtype {y.dtype}; labels must be integers (store them with "
+            "y.astype(np.int64))"
+        )
     if y.ndim != 1:
         raise DataError(f"{where} has shape {y.shape}; labels must be a 1-D array [N]")
     if y.shape[0] != n:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -64,7 +65,7 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 
 from ppvae.errors import DataError, PpvaeWarning
-from ppvae.infer.diagnostics import _stderr_from_ess, psis_khat
+from ppvae.infer.diagnostics import _stderr_from_ess, khat_threshold, psis_khat
 from ppvae.infer.isolation import isolated_param_store
 from ppvae.infer.traces import (
     broadcast_problem,
@@ -106,7 +107,29 @@ class ImportanceResult:
             than 21 samples).
         num_samples: :math:`K`, importance samples per data point.
         num_khat_samples: how many of them :math:`\hat k` was computed from.
+
+    Reliability: a point's estimate is unreliable when its :math:`\hat k` exceeds
+    :attr:`khat_threshold` (:math:`\min(1 - 1/\log_{10} S, 0.7)`, Vehtari et al. 2024):
+    its weights are so heavy-tailed that :math:`\log \hat p(x_i)` is likely too low by
+    an amount its ``stderr`` does not show. When more than :attr:`UNRELIABLE_SHARE` of
+    the points are so, :attr:`reliable` is False and :attr:`warning` says what to do
+    (``ppvae evaluate`` prints it); nothing is raised, since a short-trained guide is a
+    legitimate thing to evaluate.
+
+    Example:
+        >>> import torch
+        >>> khat = torch.tensor([0.2, 0.9, 1.1, 0.3], dtype=torch.float64)
+        >>> r = ImportanceResult(*[torch.zeros(4)] * 4, khat, num_samples=1000,
+        ...                      num_khat_samples=1000)
+        >>> r.reliable, round(r.khat_share_above, 2)
+        (False, 0.5)
+        >>> r.warning[:61]
+        'log p(x) is unreliable: 50.0% of the 4 points have a PSIS k-h'
     """
+
+    #: The share of points with :math:`\hat k` above the threshold beyond which the
+    #: estimate is flagged as unreliable.
+    UNRELIABLE_SHARE: ClassVar[float] = 0.1
 
     log_px: torch.Tensor
     elbo: torch.Tensor
@@ -133,6 +156,43 @@ class ImportanceResult:
         if n < 2:
             return float("nan")
         return float(self.log_px.std(correction=1) / math.sqrt(n))
+
+    @property
+    def khat_threshold(self) -> float:
+        r"""The :math:`\hat k` above which a point's estimate is unreliable, for the
+        :attr:`num_khat_samples` it was computed from."""
+        return khat_threshold(self.num_khat_samples)
+
+    @property
+    def khat_share_above(self) -> float | None:
+        r"""The share of points whose :math:`\hat k` exceeds :attr:`khat_threshold`
+        (among those with a finite :math:`\hat k`); None when none has one (fewer than
+        21 samples)."""
+        finite = self.khat[torch.isfinite(self.khat)]
+        if not finite.numel():
+            return None
+        return float((finite > self.khat_threshold).double().mean())
+
+    @property
+    def reliable(self) -> bool | None:
+        """False when more than :attr:`UNRELIABLE_SHARE` of the points have a
+        :math:`\\hat k` above :attr:`khat_threshold`; None when :math:`\\hat k` is unknown."""
+        share = self.khat_share_above
+        return None if share is None else share <= self.UNRELIABLE_SHARE
+
+    @property
+    def warning(self) -> str:
+        """What to make of an unreliable estimate and what to do; empty otherwise."""
+        if self.reliable is not False:
+            return ""
+        return (
+            f"log p(x) is unreliable: {self.khat_share_above:.1%} of the {self.num_points} points "
+            f"have a PSIS k-hat above {self.khat_threshold:.2f} (more than "
+            f"{self.UNRELIABLE_SHARE:.0%}), so their importance weights are heavy-tailed and the "
+            "estimate is likely too low by more than its standard error; use more importance "
+            "samples, or a guide closer to the posterior (train longer, an iwae objective, a "
+            "flow guide)"
+        )
 
     def to_inference_data(self):
         """The per-point values in the installed ArviZ's container: an
@@ -180,7 +240,9 @@ class ImportanceResult:
     def __repr__(self) -> str:
         return (
             f"ImportanceResult(num_points={self.num_points}, num_samples={self.num_samples}, "
-            f"mean={self.mean:.4f}, sem={self.sem:.4f})"
+            f"mean={self.mean:.4f}, sem={self.sem:.4f}"
+            + ("" if self.reliable is not False else ", reliable=False")
+            + ")"
         )
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "GeneratesByClass",
     "Reconstructs",
     "Classifies",
+    "class_probabilities",
+    "accuracy_percent",
     "Clusters",
     "AmortizedPosterior",
     "LayeredPosterior",
@@ -67,6 +69,26 @@ class Classifies(Protocol):
     shape ``(N, num_classes)``."""
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def class_probabilities(guide: Classifies, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``guide.predict_proba`` over ``x`` in batches, on the guide's device, as CPU float
+    ``(N, num_classes)`` (``ppvae classify`` and ``ppvae evaluate`` of an M2 run)."""
+    device = next((p.device for p in guide.parameters()), torch.device("cpu"))
+    parts = [
+        guide.predict_proba(x[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def accuracy_percent(predicted: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+    """The share of ``predicted`` labels equal to ``labels``, in percent; None without
+    labels."""
+    if labels is None or not len(labels):
+        return None
+    return 100.0 * float((predicted == labels).float().mean())
 
 
 @runtime_checkable

@@ -126,6 +126,7 @@ class ModelContext:
             activation=activation,
             num_classes=self.num_classes,
             image_shape=self.image_shape,
+            data=self.train.x,
         )
 
 

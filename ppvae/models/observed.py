@@ -93,7 +93,9 @@ class DensityConfig(ModelConfig):
 
     def build(self, ctx: ModelContext) -> tuple[FactorizedDensity, EmptyGuide]:
         ctx.check_data()
-        parts = BuildContext(data_dim=ctx.data_dim, latent_dim=1, image_shape=ctx.image_shape)
+        parts = BuildContext(
+            data_dim=ctx.data_dim, latent_dim=1, image_shape=ctx.image_shape, data=ctx.train.x
+        )
         return FactorizedDensity(ctx.likelihood.build(parts), ctx.data_dim), EmptyGuide()
 
 

@@ -98,10 +98,17 @@ def build_vae(
     prior="standard_normal",
     guide="diagonal_normal",
     likelihood="bernoulli",
+    data: torch.Tensor | None = None,
 ) -> tuple[VAE, VAEGuide]:
-    """A VAE model/guide pair from component kinds (names or config objects)."""
+    """A VAE model/guide pair from component kinds (names or config objects); ``data``
+    (the training inputs) gives data-dependent starting values such as a Gaussian
+    likelihood's scale."""
     ctx = BuildContext(
-        data_dim=data_dim, latent_dim=latent_dim, hidden=tuple(hidden), activation=activation
+        data_dim=data_dim,
+        latent_dim=latent_dim,
+        hidden=tuple(hidden),
+        activation=activation,
+        data=data,
     )
     prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
     check_components(prior_cfg, guide_cfg)
@@ -170,4 +177,5 @@ class VAEConfig(ModelConfig):
             prior=ctx.prior,
             guide=ctx.guide,
             likelihood=ctx.likelihood,
+            data=ctx.train.x,
         )

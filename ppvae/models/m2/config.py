@@ -155,4 +155,5 @@ class M2Config(ModelConfig):
             sum_y=self.sum_y,
             aux_scale=aux_scale,
             m1=m1,
+            data=x,
         )

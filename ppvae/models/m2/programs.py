@@ -210,11 +210,13 @@ def build_m2(
     sum_y: str = "enumerate",
     aux_scale: float = 0.0,
     m1: M1Features | None = None,
+    data: torch.Tensor | None = None,
 ) -> tuple[M2, M2Guide]:
     """An M2 model/guide pair from sizes and component kinds (names or config objects).
 
     ``data_dim`` is the size of what M2 models (the M1 latent size when ``m1`` is given);
-    ``aux_scale`` the weight :math:`\\alpha'` of :math:`\\log q(y|x)` per labelled point.
+    ``aux_scale`` the weight :math:`\\alpha'` of :math:`\\log q(y|x)` per labelled point;
+    ``data`` what the likelihood models (a sample), for data-dependent starting values.
     """
     hidden = tuple(hidden)
     prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
@@ -231,6 +233,7 @@ def build_m2(
         hidden=hidden,
         activation=activation,
         num_classes=num_classes,
+        data=data,
     )
     lik = lik_cfg.build(ctx)
     classifier = MLP(data_dim, hidden, num_classes, activation)
