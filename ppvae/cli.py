@@ -215,6 +215,24 @@ def _print_train_summary(run, records: list[dict]) -> None:
     print(f"next: ppvae evaluate {run.path}   ppvae report {run.path}")
 
 
+def _evaluation_progress(json_output: bool):
+    """``log_marginal_likelihood``'s progress: True (a bar on a terminal, occasional lines
+    on stdout elsewhere), or with ``--json`` the lines on stderr so that stdout stays one
+    JSON document."""
+    if not json_output or sys.stderr.isatty():
+        return True
+    from ppvae.infer.importance import progress_lines
+
+    lines = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal lines
+        lines = lines or progress_lines(total, sys.stderr)
+        lines(done)
+
+    return report
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ppvae.evaluate import evaluate_run
     from ppvae.run import load_run
@@ -225,7 +243,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        # a bar on a terminal, a line per batch elsewhere; with --json, lines on stderr
+        progress=False if args.no_progress else _evaluation_progress(args.json),
     )
     if args.json:
         print(json.dumps(summary, indent=2))

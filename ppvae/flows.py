@@ -135,10 +135,20 @@ def flow_hidden_sizes(
     return sizes
 
 
+#: The longest flow a spec may ask for.
+MAX_FLOW_STEPS = 1000
+
+
 def check_flow_options(section: str, num_steps: int, flow_hidden: Sequence[int]) -> None:
     """The range checks every flow's options share (one :class:`SpecError` sentence)."""
     if num_steps < 1:
         raise SpecError(f"{section}.num_steps must be at least 1, got {num_steps}")
+    if num_steps > MAX_FLOW_STEPS:
+        # every step is a module of its own: a huge flow eats the machine before it fails
+        raise SpecError(
+            f"{section}.num_steps must be at most {MAX_FLOW_STEPS:,} (published flows use tens), "
+            f"got {num_steps:,}"
+        )
     if any(h < 1 for h in flow_hidden):
         raise SpecError(f"{section}.flow_hidden sizes must be at least 1, got {list(flow_hidden)}")
 

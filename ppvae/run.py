@@ -268,9 +268,33 @@ def build(spec: Spec) -> tuple[DataBundle, nn.Module, nn.Module]:
     builds the same initial weights in any process)."""
     data = spec.data.load()
     pretrained = {name: _pretrained(path) for name, path in spec.model.pretrained_runs().items()}
+    _check_size(spec, model_context(spec, data, pretrained))
     pyro.set_rng_seed(spec.train.seed)
     model, guide = spec.model.build(model_context(spec, data, pretrained))
     return data, model, guide
+
+
+def _check_size(spec: Spec, ctx: ModelContext) -> None:
+    """Refuse, before anything is allocated, a model and guide whose training would not fit
+    in memory: they are built on PyTorch's meta device (shapes, no storage), and training
+    holds about four times their parameters (weights, gradients, Adam's two moments)."""
+    rng = pyro.util.get_rng_state()
+    try:
+        with torch.device("meta"):
+            model, guide = spec.model.build(ctx)
+    except Exception:  # a model whose construction needs real values: built for real below
+        return
+    finally:
+        pyro.util.set_rng_state(rng)
+    count = sum(p.numel() for m in (model, guide) for p in m.parameters())
+    need = 4 * 4 * count  # float32 bytes, four copies
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > total / 2:
+        raise SpecError(
+            f"the spec's model and guide have {count:,} parameters: training them needs about "
+            f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.1f} GB; make "
+            "them smaller (model.latent_dim, model.hidden, guide.num_steps, prior sizes)"
+        )
 
 
 def model_context(

@@ -307,7 +307,13 @@ def test_10_sizes_that_exhaust_memory_are_refused(trained, tmp_path):
     assert_error(
         ppvae("train", VAE, *TINY, "--set", "model.latent_dim=1000000000000", "--out",
               tmp_path / "big"),
-        "ran out of memory", "model.latent_dim",
+        "parameters: training them needs about", "make them smaller", "model.latent_dim",
+    )  # fmt: skip
+    # refused before anything is allocated (counted on the meta device)
+    assert_error(
+        ppvae("train", VAE, *TINY, "--set", "guide.kind=planar", "--set",
+              "guide.num_steps=1000000", "--out", tmp_path / "big"),
+        "guide.num_steps must be at most 1,000",
     )  # fmt: skip
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "big").exists()

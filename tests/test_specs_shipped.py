@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ppvae.run import resolve_paths
 from ppvae.spec import dump_spec, load_spec, parse_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "models").glob("*.toml"))
@@ -96,13 +97,14 @@ def test_spec_trains_with_a_tiny_budget(path, tmp_path, request):
     assert math.isfinite(record["train_loss"])
     if record.get("valid_elbo") is not None:
         assert math.isfinite(record["valid_elbo"])
-    assert (run.path / "spec.toml").read_text() == dump_spec(spec)
+    # the run records its spec with the data location resolved (an absolute data.path)
+    assert (run.path / "spec.toml").read_text() == dump_spec(resolve_paths(spec))
     lines = (run.path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     assert (run.path / "checkpoints" / "last.pt").is_file()
     assert (run.path / "figures" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     loaded = load_run(run.path)
-    assert loaded.spec == spec
+    assert loaded.spec == resolve_paths(spec)
     if hasattr(loaded.model, "generate"):
         import inspect
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -413,6 +414,57 @@ def _looped_pass(model, guide, batch, plate, num_samples, chunk_size, acc) -> No
             rows = []
 
 
+def _progress(progress, n: int) -> Callable[[int | None], None]:
+    """``report(points_done)`` after every batch (None: the end) for ``progress``."""
+    if callable(progress):
+        return lambda done: None if done is None else progress(done, n)
+    if not progress:
+        return lambda done: None
+    import sys
+
+    if sys.stdout.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="log p(x)", unit="point", mininterval=0.5)
+        seen = [0]
+
+        def update(done):
+            if done is None:
+                bar.close()
+                return
+            bar.update(done - seen[0])
+            seen[0] = done
+
+        return update
+    return progress_lines(n, sys.stdout)
+
+
+#: Seconds between two progress lines (none at all for a shorter evaluation).
+LINE_INTERVAL = 5.0
+
+
+def progress_lines(n: int, stream) -> Callable[[int | None], None]:
+    """``report(points_done)`` writing ``log p(x): 256/500 points, 5.1 s`` to ``stream`` at
+    most every :data:`LINE_INTERVAL` seconds, and the last line when any was written."""
+    import time
+
+    start = last = time.perf_counter()
+    wrote = [False]
+
+    def line(done):
+        nonlocal last
+        now = time.perf_counter()
+        if done is None or (now - last < LINE_INTERVAL and done < n):
+            return
+        if done == n and not wrote[0] and now - start < LINE_INTERVAL:
+            return  # a short evaluation: silent
+        last = now
+        wrote[0] = True
+        print(f"log p(x): {done}/{n} points, {now - start:.1f} s", file=stream, flush=True)
+
+    return line
+
+
 def log_marginal_likelihood(
     model,
     guide,
@@ -423,7 +475,7 @@ def log_marginal_likelihood(
     chunk_size: int | None = None,
     plate: str = "data",
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     max_khat_samples: int = DEFAULT_MAX_KHAT_SAMPLES,
     vectorize_particles: bool = True,
 ) -> ImportanceResult:
@@ -449,7 +501,10 @@ def log_marginal_likelihood(
             at most :math:`K`). Memory grows with ``batch_size * chunk_size``.
         plate: name of the data plate.
         device: device the data batches are moved to (model and guide must be there).
-        progress: show a tqdm bar over batches.
+        progress: True: a tqdm bar over batches on a terminal, and elsewhere (a pipe, a
+            log file) a line ``log p(x): 256/500 points, 5.1 s`` every five seconds or so
+            (none for a shorter evaluation); a callable ``f(points_done, points)`` is
+            called after every batch instead.
         max_khat_samples: log weights kept per point for the PSIS :math:`\hat k` (all when
             :math:`K` is smaller); memory ``batch_size * min(K, max_khat_samples)``.
         vectorize_particles: draw ``chunk_size`` samples at once in a particle plate left
@@ -496,20 +551,13 @@ def log_marginal_likelihood(
     chunk_size = min(chunk_size, num_samples)
     keep = min(num_samples, max_khat_samples)
 
-    from tqdm.auto import tqdm
-
+    report = _progress(progress, n)
     outputs: dict[str, list[torch.Tensor]] = {"log_px": [], "elbo": [], "ess": [], "khat": []}
     layout = None
     vectorized: bool | None = None if vectorize_particles else False  # None: not checked yet
     starts = range(0, n, batch_size)
     with torch.no_grad(), eval_mode(model, guide), isolated_param_store(inherit=True):
-        for start in tqdm(
-            starts,
-            disable=None if progress else True,
-            desc="log p(x)",
-            unit="batch",
-            mininterval=0.5,
-        ):
+        for start in starts:
             batch = tuple(
                 a[start : start + batch_size].to(device)
                 if isinstance(a, torch.Tensor) and a.dim() > 0
@@ -535,6 +583,8 @@ def log_marginal_likelihood(
             outputs["elbo"].append((acc.sum_log / num_samples).cpu().double())
             outputs["ess"].append(acc.ess(num_samples).cpu().double())
             outputs["khat"].append(psis_khat(acc.kept[:, : acc.num_kept].cpu()))
+            report(min(start + batch_size, n))
+    report(None)
     ess = torch.cat(outputs["ess"])
     return ImportanceResult(
         log_px=torch.cat(outputs["log_px"]),

@@ -249,3 +249,25 @@ def test_a_model_without_the_data_plate_is_a_spec_error(ppca):
 def test_bad_arguments_are_refused(ppca):
     with pytest.raises(ValueError, match="num_samples"):
         log_marginal_likelihood(ppca.model, ppca.exact_guide, ppca.sample(2), num_samples=0)
+
+
+def test_progress_is_a_line_per_batch_off_a_terminal_or_a_callback(ppca, capsys, monkeypatch):
+    import ppvae.infer.importance as importance
+
+    x = ppca.sample(10)
+    seen = []
+    log_marginal_likelihood(ppca.model, ppca.exact_guide, x, num_samples=5, batch_size=4,
+                            progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+    log_marginal_likelihood(ppca.model, ppca.exact_guide, x, num_samples=5, batch_size=4,
+                            progress=True)  # fmt: skip
+    assert capsys.readouterr().out == ""  # a short evaluation is silent
+    monkeypatch.setattr(importance, "LINE_INTERVAL", 0.0)  # a line after every batch
+    log_marginal_likelihood(ppca.model, ppca.exact_guide, x, num_samples=5, batch_size=4,
+                            progress=True)  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()  # captured output is not a terminal
+    assert [line.split(",")[0] for line in lines] == [
+        "log p(x): 4/10 points",
+        "log p(x): 8/10 points",
+        "log p(x): 10/10 points",
+    ]
