@@ -90,12 +90,14 @@ from ppvae.infer.traces import (
     ParticlePlate,
     broadcast_problem,
     data_scale,
+    eval_mode,
     in_plate,
     one_particle_log_weights,
     pad,
     reduce_local,
     scored_sites,
     site_log_prob,
+    site_weights,
     vectorized_traces,
     weight_terms,
 )
@@ -237,11 +239,14 @@ class RenyiBound(Objective):
                     f"reparameterizable; the {self._kind()} objective needs rsample at every "
                     f"guide site (use an ELBO objective for discrete latents)"
                 )
-        weight = _latent_weight(model_trace, guide_trace, layout, self.context.plate)
-        if weight != 1.0 and self.estimator != "reparam":
+        # each data-plate site's weight beyond minibatching: a KL weight on the latent
+        # sites, a user's poutine.scale; they weight the terms inside the importance weights
+        scale, weights = site_weights(model_trace, guide_trace, layout, self.context.plate)
+        if weights and self.estimator != "reparam":
             raise SpecError(
-                f"a KL weight (train.beta or KL warm-up) with the {self._kind()} objective needs "
-                f"estimator = 'reparam', not {self.estimator!r}"
+                f"weighted sites in the data plate ({', '.join(sorted(weights))}: a KL weight "
+                f"from train.beta or KL warm-up, or a poutine.scale) need the {self._kind()} "
+                f"objective's estimator = 'reparam', not {self.estimator!r}"
             )
         local, glob = weight_terms(
             model_trace,
@@ -249,22 +254,16 @@ class RenyiBound(Objective):
             layout,
             self.context.plate,
             scaled_globals=True,
-            latent_weight=weight,
+            site_weights=weights,
         )
         points = local.shape[1]
         log_w = local.expand(k, points)
         if first:  # vectorized particles are checked, not assumed
-            with torch.no_grad():
-                plain_local, plain_glob = weight_terms(
-                    model_trace, guide_trace, layout, self.context.plate, scaled_globals=False
-                )
-                problem = broadcast_problem(
-                    model, guide, args, kwargs, model_trace, guide_trace, layout,
-                    self.context.plate, (plain_local + plain_glob[:, None]).expand(k, points),
-                )  # fmt: skip
+            problem = self._broadcast_problem(model, guide, args, kwargs, layout)
             if problem is not None:
                 self._refuse(problem)
-        scale = data_scale(model_trace, layout, self.context.plate)
+        if isinstance(scale, torch.Tensor) and scale.numel() > 1:
+            scale = data_scale(model_trace, layout, self.context.plate)
         glob = glob.sum()
         value = (scale * self._bound(log_w)).sum() + glob
         if self.estimator == "reparam":
@@ -278,6 +277,32 @@ class RenyiBound(Objective):
 
     def _kind(self) -> str:
         return "iwae" if self.alpha == 0 else "renyi"
+
+    def with_context(self, context: ObjectiveContext) -> Objective:
+        """A copy for other programs: their plate nesting is found and their broadcasting
+        checked anew."""
+        other = super().with_context(context)
+        other._nesting = None
+        return other
+
+    def _broadcast_problem(self, model, guide, args, kwargs, layout) -> str | None:
+        """A vectorized run of two particles in eval mode (dropout would draw new masks in
+        the replay), against the same draws one particle at a time; the random streams
+        are left as they were."""
+        plate = self.context.plate
+        cuda = [a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda][:1]
+        with torch.random.fork_rng(devices=cuda), torch.no_grad(), eval_mode(model, guide):
+            model_trace, guide_trace, layout = vectorized_traces(
+                model, guide, args, kwargs, num_particles=2, plate=plate,
+                nesting=layout.max_plate_nesting, only_within=plate,
+            )  # fmt: skip
+            local, glob = weight_terms(
+                model_trace, guide_trace, layout, plate, scaled_globals=False
+            )
+            log_w = (local + glob[:, None]).expand(2, local.shape[1])
+            return broadcast_problem(
+                model, guide, args, kwargs, model_trace, guide_trace, layout, plate, log_w
+            )
 
     def _refuse(self, problem: str) -> None:
         first = problem.strip().splitlines()[0] if problem.strip() else problem
@@ -325,29 +350,6 @@ class RenyiBound(Objective):
         log_p_bar = _local_sum(model_bar, scored, layout, plate)
         c = self.alpha * v + (1.0 - self.alpha) * v**2
         return (v * log_p_bar + c * (log_w_stl - log_p_bar)).sum(0)
-
-
-def _latent_weight(model_trace, guide_trace, layout, plate: str) -> float:
-    """The weight of the latent terms inside the importance weights: the ratio of a latent
-    data-plate site's scale to an observed one's (the KL weight that ppvae's scaling put on
-    the latent sites; 1 without warm-up or beta)."""
-    observed = latent = None
-    for trace in (model_trace, guide_trace):
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or not in_plate(site, plate):
-                continue
-            scale = site["scale"]
-            if isinstance(scale, torch.Tensor):
-                if scale.numel() != 1:
-                    return 1.0  # per-point scales: no single weight to read
-                scale = float(scale)
-            if site["is_observed"] and observed is None:
-                observed = scale
-            elif not site["is_observed"] and latent is None:
-                latent = scale
-    if not observed or latent is None:
-        return 1.0
-    return latent / observed
 
 
 def _conditioned_trace(fn, values: Mapping[str, torch.Tensor], args, kwargs, k, layout, plate):

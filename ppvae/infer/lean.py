@@ -51,14 +51,17 @@ import warnings
 from typing import Any
 
 import pyro
+import pyro.distributions
 import pyro.infer
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 
 from ppvae.errors import PpvaeWarning
+from ppvae.infer.programs import eval_mode
 
-__all__ = ["SiteRecorder", "LeanElbo", "record"]
+__all__ = ["SiteRecorder", "LeanElbo", "record", "is_subsample"]
 
 #: Relative tolerance of the first-run comparison with Pyro (float32 sums in two orders).
 _RTOL = 1e-5
@@ -70,8 +73,9 @@ _MAX_LAYOUTS = 256
 class SiteRecorder(Messenger):
     """Collect the sample sites of one run as Pyro's messages, in order, without copies;
     with ``replay``, unobserved sites named in it take its values (as ``poutine.replay``).
-    Subsample sites of ``pyro.plate(..., subsample=...)`` are left out (as Pyro prunes
-    them)."""
+    Subsample sites of ``pyro.plate(..., subsample_size=...)`` are recorded (and replayed,
+    so that the model sees the guide's subsample) but never scored (see
+    :func:`is_subsample`)."""
 
     def __init__(self, replay: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
@@ -88,8 +92,17 @@ class SiteRecorder(Messenger):
             msg["done"] = True
 
     def _postprocess_message(self, msg: dict[str, Any]) -> None:
-        if msg["type"] == "sample" and type(msg["fn"]).__name__ != "_Subsample":
+        if msg["type"] == "sample":
             self.sites.append(msg)
+
+
+def is_subsample(site: dict[str, Any]) -> bool:
+    """A plate's subsample site (its indices): replayed, never scored."""
+    return type(site["fn"]).__name__ == "_Subsample"
+
+
+def _scored(sites: list[dict]) -> list[dict]:
+    return [s for s in sites if not is_subsample(s)]
 
 
 def record(fn, args, kwargs, replay: dict[str, dict[str, Any]] | None = None) -> list[dict]:
@@ -109,16 +122,35 @@ def _layout(guide_sites: list[dict], model_sites: list[dict]) -> tuple:
     reparameterization and enumeration of every site."""
     return (
         tuple(
-            (s["name"], type(s["fn"]), s["is_observed"], s["fn"].has_rsample, bool(s["infer"]))
+            (s["name"], type(s["fn"]), s["is_observed"], s["fn"].has_rsample, repr(s["infer"]))
             for s in guide_sites
         ),
         tuple((s["name"], type(s["fn"]), s["is_observed"]) for s in model_sites),
     )
 
 
+#: Wrappers whose score parts are their base distribution's (masked, expanded).
+_DELEGATING = (pyro.distributions.MaskedDistribution, pyro.distributions.ExpandedDistribution)
+
+
+def _plain_score(fn) -> bool:
+    """Whether the distribution's score parts are the plain reparameterized ones (no
+    score-function term of its own, as Pyro's partially reparameterized rejection
+    samplers have), through the wrappers that delegate to a base distribution."""
+    while True:
+        own = type(fn).score_parts
+        if own is TorchDistributionMixin.score_parts:
+            return True
+        base = getattr(fn, "base_dist", None)
+        if base is None or not isinstance(fn, _DELEGATING):
+            return False
+        fn = base
+
+
 def _reparameterized(guide_sites: list[dict]) -> bool:
     return all(
-        s["is_observed"] or (s["fn"].has_rsample and not s["infer"].get("enumerate"))
+        s["is_observed"]
+        or (s["fn"].has_rsample and not s["infer"].get("enumerate") and _plain_score(s["fn"]))
         for s in guide_sites
     )
 
@@ -194,7 +226,8 @@ class LeanElbo:
         if eligible and not ok:
             warnings.warn(
                 "ppvae's lean ELBO disagreed with Pyro's Trace_ELBO on this program "
-                f"({float(loss):.6g} vs {float(reference):.6g}); it is computed by Pyro "
+                f"({float(loss.detach()):.6g} vs {float(reference.detach()):.6g}); it is "
+                "computed by Pyro "
                 "from now on",
                 PpvaeWarning,
                 stacklevel=3,
@@ -228,61 +261,76 @@ class LeanElbo:
 
     def _broadcast_problem(self, model, guide, args, kwargs) -> str | None:
         """Per-particle ELBO terms of a vectorized run of two particles against the same
-        draws replayed one particle at a time, without the particle plate."""
+        draws replayed one particle at a time, without the particle plate (the model's own
+        latent sites replayed too), with the networks in eval mode (dropout would draw new
+        masks in the replay); the random streams are left as they were."""
         rank = int(self.pyro_elbo.max_plate_nesting) + 1
-        with torch.no_grad():
-            try:
-                with pyro.plate("num_particles_vectorized", 2, dim=-rank):
-                    guide_sites = record(guide, args, kwargs)
-                    replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
-                    model_sites = record(model, args, kwargs, replay)
-            except (RuntimeError, ValueError, IndexError, TypeError) as error:
-                return f"it fails with a particle dimension ({type(error).__name__}: {error})"
-            per = torch.zeros(2)
-            for sign, sites in ((1.0, model_sites), (-1.0, guide_sites)):
-                for site in sites:
-                    lp = scale_and_mask(
-                        site["fn"].log_prob(site["value"]), site["scale"], site["mask"]
-                    )
-                    lp = torch.as_tensor(lp)
-                    if lp.dim() > rank:
-                        return f"site {site['name']!r} has batch shape {tuple(lp.shape)}"
-                    lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
-                    per = per + sign * lp.reshape(lp.shape[0], -1).sum(-1).double().cpu()
-            for k in range(2):
-                values = {}
-                for site in guide_sites:
-                    if site["is_observed"]:
-                        continue
-                    value = site["value"]
-                    axis = value.dim() - site["fn"].event_dim - rank
-                    if axis < 0 or value.shape[axis] != 2:
-                        return (
-                            f"guide site {site['name']!r} has shape {tuple(value.shape)} without "
-                            f"the particle dimension at dim {-rank}"
-                        )
-                    values[site["name"]] = {"value": value.select(axis, k), "infer": site["infer"]}
-                try:
-                    single, _, _ = self._particle_at(model, guide, args, kwargs, values)
-                except NotImplementedError:
-                    # a density only at its own draws (a flow without inverse): no replay;
-                    # check that every site carries the particle dimension instead
-                    return _structural_problem(guide_sites + model_sites, rank)
-                except (RuntimeError, ValueError, IndexError, TypeError) as error:
-                    return f"one particle at a time it fails ({type(error).__name__}: {error})"
-                if not _close(-single, per[k]):
+        state = _rng_state()
+        try:
+            with torch.no_grad(), eval_mode(model, guide):
+                return self._compare_particles(model, guide, args, kwargs, rank)
+        finally:
+            _set_rng_state(state)
+
+    def _compare_particles(self, model, guide, args, kwargs, rank: int) -> str | None:
+        try:
+            with pyro.plate("num_particles_vectorized", 2, dim=-rank):
+                guide_sites = record(guide, args, kwargs)
+                replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
+                model_sites = record(model, args, kwargs, replay)
+        except (RuntimeError, ValueError, IndexError, TypeError) as error:
+            return f"it fails with a particle dimension ({type(error).__name__}: {error})"
+        per = torch.zeros(2)
+        for sign, sites in ((1.0, _scored(model_sites)), (-1.0, _scored(guide_sites))):
+            for site in sites:
+                lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+                lp = torch.as_tensor(lp)
+                if lp.dim() > rank:
+                    return f"site {site['name']!r} has batch shape {tuple(lp.shape)}"
+                lp = lp.reshape((1,) * (rank - lp.dim()) + tuple(lp.shape))
+                per = per + sign * lp.reshape(lp.shape[0], -1).sum(-1).double().cpu()
+        guide_names = {s["name"] for s in guide_sites}
+        for k in range(2):
+            values, model_values = {}, {}
+            model_only = [s for s in model_sites if s["name"] not in guide_names]
+            for site in [*guide_sites, *model_only]:
+                if site["is_observed"]:
+                    continue
+                if is_subsample(site):  # the plate's indices: the same for every particle
+                    target = values if site["name"] in guide_names else model_values
+                    target[site["name"]] = {"value": site["value"], "infer": site["infer"]}
+                    continue
+                value = site["value"]
+                axis = value.dim() - site["fn"].event_dim - rank
+                if axis < 0 or value.shape[axis] != 2:
                     return (
-                        "its vectorized ELBO terms differ from the same draws taken one particle "
-                        f"at a time ({float(per[k]):.6g} vs {float(-single):.6g})"
+                        f"site {site['name']!r} has shape {tuple(value.shape)} without "
+                        f"the particle dimension at dim {-rank}"
                     )
+                target = values if site["name"] in guide_names else model_values
+                target[site["name"]] = {"value": value.select(axis, k), "infer": site["infer"]}
+            try:
+                single, _, _ = self._particle_at(model, guide, args, kwargs, values, model_values)
+            except NotImplementedError:
+                # a density only at its own draws (a flow without inverse): no replay;
+                # check that every site carries the particle dimension instead
+                return _structural_problem(_scored(guide_sites + model_sites), rank)
+            except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                return f"one particle at a time it fails ({type(error).__name__}: {error})"
+            if not _close(-single, per[k]):
+                return (
+                    "its vectorized ELBO terms differ from the same draws taken one particle "
+                    f"at a time ({float(per[k]):.6g} vs {float(-single):.6g})"
+                )
         return None
 
-    def _particle_at(self, model, guide, args, kwargs, values):
+    def _particle_at(self, model, guide, args, kwargs, values, model_values=None):
         guide_sites = record(guide, args, kwargs, values)
         replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
+        replay.update(model_values or {})
         model_sites = record(model, args, kwargs, replay)
-        elbo = sum(_log_prob_sum(s) for s in model_sites) - sum(
-            _log_prob_sum(s) for s in guide_sites
+        elbo = sum(_log_prob_sum(s) for s in _scored(model_sites)) - sum(
+            _log_prob_sum(s) for s in _scored(guide_sites)
         )
         return -torch.as_tensor(elbo).double().cpu(), guide_sites, model_sites
 
@@ -307,12 +355,14 @@ class LeanElbo:
         guide_sites = record(guide, args, kwargs)
         replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
         model_sites = record(model, args, kwargs, replay)
-        eligible = _reparameterized(guide_sites)
+        eligible = _reparameterized(_scored(guide_sites))
         elbo = 0.0
         for site in model_sites:
-            elbo = elbo + _log_prob_sum(site)
+            if not is_subsample(site):
+                elbo = elbo + _log_prob_sum(site)
         for site in guide_sites:
-            elbo = elbo - _log_prob_sum(site)
+            if not is_subsample(site):
+                elbo = elbo - _log_prob_sum(site)
         if not isinstance(elbo, torch.Tensor):
             elbo = torch.zeros(())
         return -elbo / k, _layout(guide_sites, model_sites), eligible

@@ -182,6 +182,13 @@ class Elbo(Objective):
     def loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self._lean(model, guide, args, kwargs)
 
+    def with_context(self, context: ObjectiveContext) -> Objective:
+        """A copy for other programs: with its own lean state (layouts checked, plate
+        nesting), never the state learned on the programs this one was used with."""
+        other = super().with_context(context)
+        other._lean = LeanElbo(self.num_particles, self.vectorize_particles)
+        return other
+
     def __repr__(self) -> str:
         return f"Elbo(Trace_ELBO estimator, num_particles={self.num_particles})"
 

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["MinibatchScale", "LatentScale", "Scaling"]
+__all__ = ["MinibatchScale", "LatentScale", "Scaling", "UNIT"]
+
+#: The key under which :class:`MinibatchScale` leaves a site's minibatch scale.
+UNIT = "_ppvae_unit"
 
 
 class MinibatchScale(Messenger):
@@ -48,14 +51,17 @@ class MinibatchScale(Messenger):
         for frame in msg["cond_indep_stack"]:
             if frame.name == self.plate:
                 self.points = frame.size
-                factor = 1.0 / frame.size if self.local_scale is None else self.local_scale
+                factor = unit = 1.0 / frame.size if self.local_scale is None else self.local_scale
                 if frame.full_size is not None and frame.full_size != frame.size:
                     # pyro.plate(N, subsample=...) has scaled the site by N / size already
                     factor = factor * frame.size / frame.full_size
                 break
         else:
-            factor = self.global_scale
+            factor = unit = self.global_scale
         msg["scale"] = factor * msg["scale"]
+        # the scale the site ends with from minibatching alone: what is beyond it (a user's
+        # poutine.scale, a KL weight) is the site's own weight, which the bounds read
+        msg[UNIT] = unit
 
 
 class LatentScale(Messenger):

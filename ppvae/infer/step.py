@@ -142,6 +142,11 @@ class TrainState:
     #: the programs' own parameter store (Pyro's ``get_state()`` form): ``pyro.param``
     #: sites live here while training; see :meth:`export_params`
     param_store: dict[str, Any] = field(default_factory=lambda: {"params": {}, "constraints": {}})
+    #: entries of ``param_store`` known at :func:`init` (a new one is checked by step)
+    store_size: int = 0
+    #: the stored tensors known at :func:`init`: the parameters, and what the store held
+    #: before (``pyro.param`` sites the programs may never use)
+    store_known: frozenset[int] = frozenset()
     epoch: int = 0
     step: int = 0
     kl_weight: float = 1.0
@@ -233,7 +238,15 @@ class TrainState:
                 if key in settings:
                     group[key] = settings[key]
         if self.scheduler is not None and checkpoint.get("scheduler") is not None:
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            saved, fresh = checkpoint["scheduler"], self.scheduler.state_dict()
+            if _horizons(saved) != _horizons(fresh):
+                raise SpecError(
+                    "the learning-rate schedule of this checkpoint ends after a different "
+                    "number of epochs than the settings now ask (a cosine schedule cannot be "
+                    "stretched midway); resume with the run's train.epochs, or start a new "
+                    "run"
+                )
+            self.scheduler.load_state_dict(saved)
         set_rng_state(checkpoint["rng"])
         self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
         if self.data_generator is not None and "data_generator" in checkpoint:
@@ -244,6 +257,15 @@ class TrainState:
         self.best_value = checkpoint["best_value"]
         self.best_epoch = checkpoint["best_epoch"]
         self.history = History(checkpoint["history"])
+
+
+def _horizons(state: dict[str, Any]) -> list[Any]:
+    """The lengths a scheduler's state is tied to (cosine ``T_max``, warm-up milestones),
+    through sequential schedulers."""
+    out = [state.get("T_max"), state.get("_milestones")]
+    for inner in state.get("_schedulers", []):
+        out.extend(_horizons(inner))
+    return out
 
 
 def _networks(setup: Setup) -> list[nn.Module]:
@@ -445,6 +467,7 @@ def init(
     # a store of the state's own: the global store's pyro.param sites (as Pyro's SVI would
     # start from them), never a network's weights, which come from the networks
     start = own_params(pyro.get_param_store().get_state())
+    inherited = [id(t) for t in start["params"].values()]  # the scope fills ``start`` in
     store = pyro.get_param_store()
     with store.scope(start) as param_store:
         for program, (args, kwargs) in zip(programs, examples, strict=True):
@@ -475,6 +498,19 @@ def init(
                 "distributed training takes one data stream and an objective with a "
                 "differentiable loss (elbo, meanfield_elbo, iwae or renyi)"
             )
+        owned = {
+            id(q) for fn in (model, guide) if isinstance(fn, nn.Module) for q in fn.parameters()
+        }
+        outside = [n for n, p in zip(names, params, strict=True) if id(p) not in owned]
+        if outside:
+            # DDP synchronizes the gradients of module parameters only: anything else would
+            # train apart on every process, silently
+            raise SpecError(
+                f"distributed training synchronizes the parameters of the model and guide "
+                f"modules only, and {outside[0]!r} is not one of them (a pyro.param site, or a "
+                "network of a function or method); make model and guide nn.Modules holding "
+                "every network, with PyroParam attributes instead of pyro.param"
+            )
         ddp_module = ddp(_ObjectiveModule(model, guide, programs[0].objective))
     setup = Setup(
         programs=programs,
@@ -500,6 +536,8 @@ def init(
         for program, (args, kwargs) in zip(programs, examples, strict=True):
             _check_first_batch(state, program, args, kwargs)
     pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again
+    state.store_known = frozenset([id(p) for p in params] + inherited)
+    _check_new_params(state)  # a pyro.param the checks' runs created, not the discovery's
     return state
 
 
@@ -585,6 +623,8 @@ def step(
                 program.scaled_model, program.scaled_guide, *args, **kwargs
             )
             points = global_size or program.scaling.points
+    if len(state.param_store["params"]) != state.store_size:
+        _check_new_params(state)
     for p in program.params:  # as Pyro's SVI: every parameter of the programs takes a step
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -605,6 +645,21 @@ def step(
     state.step += 1
     state.running_loss = loss_value
     return state, {"loss": loss_value, "grad_norm": norm_value, "points": points}
+
+
+def _check_new_params(state: TrainState) -> None:
+    """A ``pyro.param`` first created after :func:`init` would never be trained: refuse it
+    (the entries of networks' weights are theirs and trained already)."""
+    known = state.store_known
+    for name, value in state.param_store["params"].items():
+        if id(value) not in known and not isinstance(value, nn.Parameter):
+            raise SpecError(
+                f"pyro.param {name!r} first appeared after the first batch, so it would never "
+                "be trained: ppvae trains the parameters the programs create on the example "
+                "batch; create every pyro.param on every call (or give init an example_batch "
+                "that reaches it)"
+            )
+    state.store_size = len(state.param_store["params"])
 
 
 def _non_finite(state: TrainState, loss: float, norm: float, points: int | None):

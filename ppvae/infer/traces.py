@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
@@ -60,6 +61,7 @@ __all__ = [
     "reduce_global",
     "data_scale",
     "weight_terms",
+    "site_weights",
     "shape_text",
     "broadcast_problem",
     "one_particle_log_weights",
@@ -305,14 +307,15 @@ def weight_terms(
     plate: str,
     *,
     scaled_globals: bool,
-    latent_weight: float = 1.0,
+    site_weights: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-point local and global log-weight terms.
 
     Returns ``local`` of shape ``(P|1, B|1)``: the unscaled :math:`\log p - \log q` of the
-    data-plate sites, the latent ones times ``latent_weight`` (a KL weight: 1 for the
-    importance weights themselves), and ``glob`` of shape ``(P|1,)``: that of the other
-    sites (scaled by their own scale when ``scaled_globals``). Shapes broadcast.
+    data-plate sites, each times its weight in ``site_weights`` when given (a user's
+    ``poutine.scale``, a KL weight; see :func:`site_weights`), and ``glob`` of shape
+    ``(P|1,)``: that of the other sites (scaled by their own scale when
+    ``scaled_globals``). Shapes broadcast.
     """
     local = torch.zeros(1, 1)
     glob = torch.zeros(1)
@@ -325,12 +328,42 @@ def weight_terms(
             local, glob = local.to(lp), glob.to(lp)
             first = False
         if in_data:
-            if latent_weight != 1.0 and not site["is_observed"]:
-                lp = latent_weight * lp
+            weight = 1.0 if site_weights is None else site_weights.get(site["name"], 1.0)
+            if isinstance(weight, torch.Tensor):
+                lp = lp * pad(weight, layout.rank, site["name"])
+            elif weight != 1.0:
+                lp = weight * lp
             local = local + sign * reduce_local(lp, layout)
         else:
             glob = glob + sign * reduce_global(lp)
     return local, glob
+
+
+def site_weights(model_trace, guide_trace, layout: Layout, plate: str):
+    """``(unit, weights)`` of the data-plate sites: ``unit`` the minibatch scale (recorded
+    by :class:`~ppvae.infer.scaling.MinibatchScale`; else that of the first observed
+    site), ``weights`` each site's scale over it (1 for a plain site; a KL weight on latent
+    sites; a user's ``poutine.scale``), numbers or tensors."""
+    from ppvae.infer.scaling import UNIT
+
+    unit = None
+    weights: dict[str, Any] = {}
+    for site, _, _ in scored_sites(model_trace, guide_trace):
+        if in_plate(site, plate) and site.get(UNIT) is not None:
+            unit = site[UNIT]
+            break
+    if unit is None:
+        unit = data_scale(model_trace, layout, plate)
+    for site, _, _ in scored_sites(model_trace, guide_trace):
+        if not in_plate(site, plate):
+            continue
+        scale = site["scale"]
+        if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+            scale = float(scale)
+        weight = scale / unit
+        if isinstance(weight, torch.Tensor) or abs(weight - 1.0) > 1e-9:
+            weights[site["name"]] = weight
+    return unit, weights
 
 
 # --------------------------------------------------------------------------------------
@@ -353,24 +386,31 @@ def broadcast_problem(
 ) -> str | None:
     """Check vectorized log weights ``log_w`` (P, B) against the same draws computed one
     particle at a time (the guide's values of particles 0 and 1 replayed into plain runs
-    of the programs). None when they agree, else a sentence saying what differs."""
+    of the programs; latent sites of the model that the guide does not draw are replayed
+    too). Run it with the networks in eval mode (dropout would draw new masks in the
+    replay). None when they agree, else a sentence saying what differs."""
     for k in range(min(2, log_w.shape[0])):
-        values = {}
-        for name, site in guide_trace.nodes.items():
+        values, model_values = {}, {}
+        for name, site in [*guide_trace.nodes.items(), *model_trace.nodes.items()]:
             if site["type"] != "sample" or site["is_observed"]:
                 continue
+            target = values if name in guide_trace.nodes else model_values
+            if name in values:
+                continue
             if not any(f.name == PARTICLES for f in site["cond_indep_stack"]):
-                values[name] = site["value"]  # shared by the particles (a global site)
+                target[name] = site["value"]  # shared by the particles (a global site)
                 continue
             value = _particle_slice(site, layout, k)
             if value is None:
                 return (
-                    f"guide site {name!r} has shape {tuple(site['value'].shape)} without the "
+                    f"site {name!r} has shape {tuple(site['value'].shape)} without the "
                     f"particle dimension at dim {layout.particle_dim}"
                 )
-            values[name] = value
+            target[name] = value
         try:
-            single = one_particle_log_weights(model, guide, args, kwargs, plate, values)
+            single = one_particle_log_weights(
+                model, guide, args, kwargs, plate, values, model_values
+            )
         except NotImplementedError:
             # a guide whose density exists only at its own draws (a flow without inverse):
             # no replay; check instead that every site carries the particle dimension
@@ -429,10 +469,14 @@ class _Fixed(Messenger):
             msg["done"] = True
 
 
-def one_particle_log_weights(model, guide, args, kwargs, plate: str, values=None):
-    """Per-point log weights ``(B,)`` of one draw from the guide (or of ``values``), the
-    programs run as written, without a particle plate."""
+def one_particle_log_weights(
+    model, guide, args, kwargs, plate: str, values=None, model_values=None
+):
+    """Per-point log weights ``(B,)`` of one draw from the guide (or of ``values``, with
+    the model's own latent sites at ``model_values``), the programs run as written,
+    without a particle plate."""
     fn = guide if values is None else _Fixed(values)(guide)
+    model = model if not model_values else _Fixed(model_values)(model)
     model_trace, guide_trace = guide_and_model_traces(model, fn, args, kwargs, None)
     frame = data_frame((model_trace, guide_trace), plate, args)
     nesting = max(plate_nesting((model_trace, guide_trace)), -frame.dim)

@@ -268,7 +268,9 @@ def fit(
             _run(state, cbs, epoch_batches, train_transform, valid)
         finally:
             state.optimizer.zero_grad(set_to_none=True)  # no stale gradients left behind
-    state.export_params()  # trained pyro.param sites: where pyro.param(name) finds them
+            # trained pyro.param sites where pyro.param(name) finds them, even when
+            # training stops early (an error, Ctrl-C): the networks keep theirs anyway
+            state.export_params()
     state.history.state = state
     return state.history
 

@@ -114,7 +114,7 @@ def test_the_bounds_refuse_a_kl_weight_with_stl_or_dreg():
     bound = RenyiBound(alpha=0.0, num_particles=3, estimator="dreg")
     scaling = Scaling("data")
     scaling.set(None, 1.0 / 12, 0.5)
-    with pytest.raises(SpecError, match="needs estimator = 'reparam'"):
+    with pytest.raises(SpecError, match="need the iwae objective's estimator = 'reparam'"):
         bound.loss(scaling(model), scaling(guide), X)
 
 
