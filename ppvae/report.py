@@ -134,25 +134,44 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     write_bytes_atomic(path, curves_png(records))
 
 
+def _channels(image_shape: Sequence[int]) -> int:
+    """3 when ``image_shape`` is ``(3, H, W)`` (drawn in colour), else 1 (grey tiles of
+    the last two sizes, as many as the other sizes hold)."""
+    return 3 if len(image_shape) >= 3 and int(image_shape[-3]) == 3 else 1
+
+
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int = 8) -> np.ndarray:
-    """Tile ``images`` ``(N, prod(image_shape))`` into one array with 1-pixel gaps."""
-    h, w = image_shape[-2:]
-    imgs = images.detach().float().cpu().clamp(0, 1).reshape(-1, h, w).numpy()
+    """Tile ``images`` ``(N, prod(image_shape))`` into one array with 1-pixel gaps.
+
+    ``image_shape`` ``(H, W)`` or ``(1, H, W)``: a grey grid ``(rows, cols)``;
+    ``(3, H, W)`` (channels first, as :attr:`ppvae.data.DataBundle.event_shape`): an RGB
+    grid ``(rows, cols, 3)``. Values are clamped to [0, 1]; the gaps are white.
+
+    Example:
+        >>> image_grid(torch.rand(5, 3 * 4 * 2), (3, 4, 2), ncols=3).shape
+        (11, 10, 3)
+    """
+    h, w = (int(s) for s in image_shape[-2:])
+    c = _channels(image_shape)
+    imgs = images.detach().float().cpu().clamp(0, 1).reshape(-1, c, h, w)
+    imgs = imgs.permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
     n = imgs.shape[0]
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1), dtype=np.float32)
+    grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1, c), dtype=np.float32)
     for i, img in enumerate(imgs):
-        r, c = divmod(i, ncols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
-    return grid
+        r, col = divmod(i, ncols)
+        top, left = 1 + r * (h + 1), 1 + col * (w + 1)
+        grid[top : top + h, left : left + w] = img
+    return grid[..., 0] if c == 1 else grid
 
 
 def save_image_grid(
     images: torch.Tensor, image_shape: Sequence[int], path: str | Path, ncols: int = 8
 ) -> None:
     """Save a grid of images (values in [0, 1]) as a PNG, scaled up for viewing (written
-    atomically: a link at ``path`` is replaced, never followed)."""
+    atomically: a link at ``path`` is replaced, never followed); grey, or RGB for an
+    ``image_shape`` ``(3, H, W)``."""
     write_bytes_atomic(path, image_grid_png(images, image_shape, ncols))
 
 
@@ -164,10 +183,10 @@ def image_grid_png(
     resolution, for a browser to scale up)."""
     grid = image_grid(images, image_shape, ncols)
     if scale is None:
-        scale = max(1, 512 // max(grid.shape))
-    big = grid if scale == 1 else np.kron(grid, np.ones((scale, scale), dtype=np.float32))
+        scale = max(1, 512 // max(grid.shape[:2]))
+    big = grid if scale == 1 else grid.repeat(scale, axis=0).repeat(scale, axis=1)
     buf = io.BytesIO()
-    plt.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    plt.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")  # RGB: no cmap
     return buf.getvalue()
 
 

@@ -33,8 +33,12 @@ with contextlib.suppress(ImportError):  # registers iwae, renyi, pyro_renyi wher
 PLAIN = {"train": TrainConfig, "evaluate": EvaluateConfig}
 ALL_SECTIONS = [*SECTIONS, *PLAIN]
 
-#: Keys a kind cannot do without (parse_spec refuses the kind's defaults otherwise).
-REQUIRED = {("data", "npz"): {"path": "some.npz"}}
+#: Keys a kind cannot do without (parse_spec refuses the kind's defaults otherwise); the
+#: images source's height and width are set too, as one of them cannot change alone.
+REQUIRED = {
+    ("data", "npz"): {"path": "some.npz"},
+    ("data", "images"): {"path": "pics", "height": 8, "width": 8},
+}
 
 
 def one_sentence(err: BaseException) -> str:

@@ -1,15 +1,16 @@
 """Data sets for ppvae: readers, splits, binarization, and the ``[data]`` options of a spec.
 
 :func:`load_data` turns a :class:`DataConfig` (one class per kind in :data:`DATASETS`:
-``digits``, ``mnist``, ``binarized_mnist``, ``npz``) into a :class:`DataBundle` of float32
-CPU tensors: train, valid and test :class:`Split` objects of flattened inputs ``[N, D]`` with
-optional int64 labels. Problems with the data are :class:`~ppvae.errors.DataError` exceptions.
+``digits``, ``mnist``, ``binarized_mnist``, ``npz``, ``images``) into a :class:`DataBundle`
+of float32 CPU tensors: train, valid and test :class:`Split` objects of flattened inputs
+``[N, D]`` with optional int64 labels, and the shape of one point before flattening
+(``event_shape``, e.g. ``(1, 8, 8)``). Problems with the data are :class:`~ppvae.errors.DataError` exceptions.
 
 Example:
     >>> from ppvae.data import load_data
     >>> bundle = load_data("digits")
-    >>> bundle.sizes, bundle.dim, bundle.image_shape
-    ({'train': 1294, 'valid': 144, 'test': 359}, 64, (8, 8))
+    >>> bundle.sizes, bundle.dim, bundle.image_shape, bundle.event_shape
+    ({'train': 1294, 'valid': 144, 'test': 359}, 64, (8, 8), (1, 8, 8))
 """
 
 from ppvae.data.bundle import SPLIT_NAMES, DataBundle, Split
@@ -19,6 +20,7 @@ from ppvae.data.datasets import (
     BinarizedMnistConfig,
     DataConfig,
     DigitsConfig,
+    ImagesConfig,
     MnistConfig,
     NpzConfig,
     SourceData,
@@ -31,7 +33,7 @@ from ppvae.data.semisupervised import (
     labelled_part,
     semi_supervised_split,
 )
-from ppvae.data.sources import read_amat, read_idx, read_npz
+from ppvae.data.sources import read_amat, read_idx, read_image_folder, read_npz
 from ppvae.data.splits import carve, random_subset
 from ppvae.data.transforms import BINARIZE_MODES, dynamic_binarize, static_binarize
 
@@ -48,6 +50,7 @@ __all__ = [
     "MnistConfig",
     "BinarizedMnistConfig",
     "NpzConfig",
+    "ImagesConfig",
     "load_data",
     "dynamic_binarize",
     "static_binarize",
@@ -61,4 +64,5 @@ __all__ = [
     "read_idx",
     "read_amat",
     "read_npz",
+    "read_image_folder",
 ]

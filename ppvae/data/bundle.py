@@ -2,8 +2,9 @@
 
 A split holds flattened float32 inputs ``x`` of shape ``[N, D]`` on the CPU and, when the
 source has them, int64 labels ``y`` of shape ``[N]``. A bundle holds the train, valid and
-test splits with what a model needs to know about them (input size, image shape, number of
-classes, how the data were binarized) and the per-batch training transform.
+test splits with what a model needs to know about them (input size, the shape of one point
+before flattening, image shape, number of classes, how the data were binarized) and the
+per-batch training transform.
 
 Example:
     >>> import torch
@@ -12,10 +13,13 @@ Example:
     >>> bundle = DataBundle("toy", part, part, part, image_shape=(2, 3), num_classes=3)
     >>> len(bundle.split("valid")), bundle.dim, bundle.is_binary, bundle.train_transform
     (4, 6, True, None)
+    >>> bundle.event_shape
+    (1, 2, 3)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -80,10 +84,15 @@ class Split:
 class DataBundle:
     """A loaded data set: train, valid and test splits plus what models need to know.
 
-    ``image_shape`` is the shape of one input before flattening (``(8, 8)`` for digits,
-    ``(28, 28)`` for MNIST) or None when the inputs are not images; ``num_classes`` is the
-    number of label values or None without labels; ``binarize`` is ``"none"``,
-    ``"static"`` or ``"dynamic"``.
+    ``event_shape`` is the shape of one data point before flattening into ``x``: ``(C, H,
+    W)`` for images (``(1, 8, 8)`` for digits, ``(1, 28, 28)`` for MNIST, ``(3, H, W)`` for
+    RGB images), the stored per-point shape for arrays; its product is always ``D``. Left
+    None, it is derived from ``image_shape`` (``(H, W)`` gives ``(1, H, W)``) or else is
+    ``(D,)``. ``image_shape`` is the shape of one input as a figure draws it (``(8, 8)``
+    for digits, ``(28, 28)`` for MNIST, ``(3, H, W)`` for RGB) or None when the inputs are
+    not images; left None, it is derived from an ``event_shape`` ``(1, H, W)`` (giving
+    ``(H, W)``) or ``(3, H, W)``. ``num_classes`` is the number of label values or None
+    without labels; ``binarize`` is ``"none"``, ``"static"`` or ``"dynamic"``.
     """
 
     name: str
@@ -93,6 +102,7 @@ class DataBundle:
     image_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     binarize: str = "none"
+    event_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.binarize not in BINARIZE_MODES:
@@ -106,6 +116,32 @@ class DataBundle:
                 f"data set {self.name!r} has splits of different input sizes {dims}; "
                 "all splits must have the same D"
             )
+        self._settle_shapes()
+
+    def _settle_shapes(self) -> None:
+        """Derive the missing one of ``event_shape`` and ``image_shape``; check both."""
+        dim = self.dim
+        for key in ("image_shape", "event_shape"):
+            shape = getattr(self, key)
+            if shape is None:
+                continue
+            shape = tuple(int(s) for s in shape)
+            object.__setattr__(self, key, shape)
+            if not shape or any(s < 1 for s in shape) or math.prod(shape) != dim:
+                raise DataError(
+                    f"data set {self.name!r} has {key} {shape}, which does not hold its "
+                    f"{dim} features; the sizes must be positive and multiply to D = {dim}"
+                )
+        if self.event_shape is None:
+            image = self.image_shape
+            event = (1, *image) if image is not None and len(image) == 2 else image
+            object.__setattr__(self, "event_shape", event or (dim,))
+        elif self.image_shape is None and len(self.event_shape) == 3:
+            channels = self.event_shape[0]
+            if channels == 1:
+                object.__setattr__(self, "image_shape", self.event_shape[1:])
+            elif channels == 3:
+                object.__setattr__(self, "image_shape", self.event_shape)
 
     def split(self, name: str) -> Split:
         """The split called ``name``: one of ``"train"``, ``"valid"``, ``"test"``."""

@@ -13,7 +13,9 @@ Kinds and their own options (besides the common ones):
 * ``mnist``: IDX files, ``path`` (default ``$PPVAE_DATA_DIR/mnist``);
 * ``binarized_mnist``: ``.amat`` files, ``path`` (default ``$PPVAE_DATA_DIR/binarized_mnist``);
 * ``npz``: one ``.npz`` archive, ``path`` (required), ``x_key``, ``y_key``,
-  ``image_shape``, ``num_classes``.
+  ``image_shape``, ``num_classes``;
+* ``images``: a folder of PNG/JPEG files, ``path`` (required), ``height``, ``width``,
+  ``channels``.
 
 Example:
     >>> from ppvae.data import DATASETS, load_data
@@ -42,6 +44,7 @@ from ppvae.data.sources import (
     read_amat,
     read_digits,
     read_idx,
+    read_image_folder,
     read_npz,
 )
 from ppvae.data.splits import carve, random_subset
@@ -65,6 +68,7 @@ __all__ = [
     "MnistConfig",
     "BinarizedMnistConfig",
     "NpzConfig",
+    "ImagesConfig",
     "load_data",
 ]
 
@@ -79,7 +83,8 @@ class SourceData:
     """What :meth:`DataConfig.read` returns: the splits a source has, and image facts.
 
     ``valid`` and ``test`` are None when the source has no such split; they are then
-    carved out of ``train``.
+    carved out of ``train``. ``event_shape`` is the shape of one point before flattening
+    (see :class:`~ppvae.data.DataBundle`).
     """
 
     train: Split
@@ -87,6 +92,7 @@ class SourceData:
     test: Split | None = None
     image_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
+    event_shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,7 @@ class DataConfig(abc.ABC):
             image_shape=source.image_shape,
             num_classes=source.num_classes,
             binarize=self.binarize,
+            event_shape=source.event_shape,
         )
 
 
@@ -199,7 +206,7 @@ class DigitsConfig(DataConfig):
         images, labels = read_digits()
         x = to_float32(images.astype(np.float32) / 16.0, where="scikit-learn digits")
         y = check_labels(labels, n=len(x), where="scikit-learn digits labels", num_classes=10)
-        return SourceData(Split(x, y), image_shape=(8, 8), num_classes=10)
+        return SourceData(Split(x, y), image_shape=(8, 8), num_classes=10, event_shape=(1, 8, 8))
 
 
 @DATASETS.register("mnist")
@@ -235,7 +242,13 @@ class MnistConfig(DataConfig):
             x = to_float32(images, where=f"MNIST file {images_file}")
             y = check_labels(labels, n=len(x), where=f"MNIST file {labels_file}", num_classes=10)
             parts[key] = Split(x, y)
-        return SourceData(parts["train"], test=parts["test"], image_shape=(28, 28), num_classes=10)
+        return SourceData(
+            parts["train"],
+            test=parts["test"],
+            image_shape=(28, 28),
+            num_classes=10,
+            event_shape=(1, 28, 28),
+        )
 
 
 @DATASETS.register("binarized_mnist")
@@ -262,7 +275,7 @@ class BinarizedMnistConfig(DataConfig):
             file = find_file(folder, f"binarized_mnist_{key}.amat", what="binarized MNIST")
             values = read_amat(file, width=784)
             parts[key] = Split(to_float32(values, where=f"amat file {file}", scale_uint8=False))
-        return SourceData(**parts, image_shape=(28, 28))
+        return SourceData(**parts, image_shape=(28, 28), event_shape=(1, 28, 28))
 
 
 @DATASETS.register("npz")
@@ -271,7 +284,9 @@ class NpzConfig(DataConfig):
     """Your own data from an ``.npz`` archive with inputs ``x`` and optional labels ``y``.
 
     ``x`` has any numeric shape ``[N, ...]`` and is flattened; uint8 is divided by 255,
-    other types keep their values. ``y`` holds integer labels ``0 .. C-1``. Test and
+    other types keep their values. The bundle's ``event_shape`` records the stored shape
+    of one point, ``x.shape[1:]`` (``(1,)`` for a 1-D ``x``); a 4-D ``x`` ``[N, 1, H, W]``
+    or ``[N, 3, H, W]`` is drawn as grey or RGB images. ``y`` holds integer labels ``0 .. C-1``. Test and
     valid splits are carved out (``test_fraction``, ``valid_fraction``).
 
     Attributes:
@@ -279,7 +294,8 @@ class NpzConfig(DataConfig):
         x_key: name of the inputs array.
         y_key: name of the labels array (absent: no labels).
         image_shape: shape of one input, e.g. ``(28, 28)``; empty: ``x.shape[1:]`` when
-            ``x`` is ``[N, H, W]``, else no image shape.
+            ``x`` is ``[N, H, W]``, ``(H, W)`` or ``(3, H, W)`` when it is ``[N, 1, H, W]``
+            or ``[N, 3, H, W]``, else no image shape.
         num_classes: number of classes; 0: the largest label plus one.
     """
 
@@ -321,7 +337,75 @@ class NpzConfig(DataConfig):
             where = f"array {self.y_key!r} of npz file {path}"
             y = check_labels(y_raw, n=len(x), where=where, num_classes=self.num_classes)
             num_classes = self.num_classes or int(y.max()) + 1
-        return SourceData(Split(x, y), image_shape=image_shape, num_classes=num_classes)
+        event_shape = tuple(int(s) for s in x_raw.shape[1:]) or (1,)
+        return SourceData(
+            Split(x, y), image_shape=image_shape, num_classes=num_classes, event_shape=event_shape
+        )
+
+
+@DATASETS.register("images")
+@dataclass(frozen=True)
+class ImagesConfig(DataConfig):
+    """A folder of PNG/JPEG images, one class per sub-folder (or no labels), pixels / 255.
+
+    The folder holds either the image files themselves (no labels) or one sub-folder per
+    class, at least two, whose sorted names give the labels ``0 .. K-1``; see
+    :func:`~ppvae.data.read_image_folder`. Each image is converted to ``channels`` (1:
+    grey, 3: RGB), resized to ``height`` x ``width`` when they are set, scaled to [0, 1]
+    and flattened in ``(C, H, W)`` order: the bundle's ``event_shape`` is ``(channels,
+    height, width)``. Test and valid splits are carved out (``test_fraction``,
+    ``valid_fraction``, seeded by ``split_seed``).
+
+    Attributes:
+        path: the folder (required).
+        height: the height to resize every image to; 0 (with ``width`` 0): keep the
+            images' own size, which must then be the same for all.
+        width: the width to resize every image to; 0 (with ``height`` 0): keep it.
+        channels: 1 (grey) or 3 (RGB).
+
+    Example:
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> folder = tempfile.mkdtemp()
+        >>> for i in range(10):
+        ...     Image.new("L", (6, 4), 20 * i).save(os.path.join(folder, f"{i}.png"))
+        >>> bundle = ImagesConfig(path=folder, height=2, width=3).load()
+        >>> bundle.sizes, bundle.event_shape, bundle.image_shape, bundle.num_classes
+        ({'train': 7, 'valid': 1, 'test': 2}, (1, 2, 3), (2, 3), None)
+    """
+
+    path: str = ""
+    height: int = 0
+    width: int = 0
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path:
+            raise SpecError("data.path is required for data kind 'images' (the image folder)")
+        if self.channels not in (1, 3):
+            raise SpecError(f"data.channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.height < 0 or self.width < 0 or (self.height == 0) != (self.width == 0):
+            raise SpecError(
+                f"data.height and data.width must both be positive (resize to that size) or "
+                f"both 0 (keep the images' size), got {self.height} and {self.width}"
+            )
+
+    def read(self) -> SourceData:
+        folder = Path(self.path).expanduser()
+        size = (self.height, self.width) if self.height else None
+        pixels, labels, classes = read_image_folder(folder, channels=self.channels, size=size)
+        x = to_float32(pixels, where=f"the images of folder {folder}")
+        y = None
+        if labels is not None:
+            y = check_labels(
+                labels, n=len(x), where=f"the classes of folder {folder}", num_classes=len(classes)
+            )
+        return SourceData(
+            Split(x, y),
+            num_classes=len(classes) or None,
+            event_shape=tuple(int(s) for s in pixels.shape[1:]),
+        )
 
 
 def load_data(config: DataConfig | str) -> DataBundle:

@@ -1,4 +1,5 @@
-"""Readers of the on-disk formats: IDX (MNIST), ``.amat`` (binarized MNIST), ``.npz``, digits.
+"""Readers of the on-disk formats: IDX (MNIST), ``.amat`` (binarized MNIST), ``.npz``, digits,
+folders of PNG/JPEG images.
 
 Each reader returns numpy arrays exactly as stored (uint8 pixels, integer labels) and
 turns every problem with a file (missing, truncated, corrupt, not the announced format)
@@ -36,6 +37,8 @@ __all__ = [
     "read_amat",
     "read_npz",
     "read_digits",
+    "read_image_folder",
+    "IMAGE_SUFFIXES",
     "IDX_IMAGES",
     "IDX_LABELS",
 ]
@@ -44,6 +47,9 @@ __all__ = [
 IDX_IMAGES = 0x00000803
 #: IDX magic number of unsigned-byte 1-D arrays (labels ``[N]``).
 IDX_LABELS = 0x00000801
+
+#: The file name endings (any case) :func:`read_image_folder` reads; other files are skipped.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -288,3 +294,112 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return np.asarray(digits.images), np.asarray(digits.target)
+
+
+def read_image_folder(
+    folder: str | os.PathLike[str], *, channels: int = 1, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """The images of a folder as uint8 ``[N, C, H, W]``, their labels and the class names.
+
+    Either the folder holds the image files itself (no labels: ``None`` and no class
+    names) or it holds one sub-folder per class (labels ``0 .. K-1`` in the sorted order of
+    the sub-folder names, at least two classes). Files ending in
+    :data:`IMAGE_SUFFIXES` (any case) are read with Pillow in sorted order, converted to
+    ``channels`` 1 (grey, ``"L"``) or 3 (``"RGB"``; an alpha channel is dropped) and, when
+    ``size`` ``(height, width)`` is given, resized (bilinear) to it; without ``size`` all
+    images must have one size. Other files and hidden entries are skipped. Every problem
+    is a one-sentence :class:`~ppvae.errors.DataError` naming the folder or file.
+
+    Example:
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> folder = tempfile.mkdtemp()
+        >>> for name in ("cat", "dog"):
+        ...     os.mkdir(os.path.join(folder, name))
+        ...     Image.new("RGB", (4, 3), "red").save(os.path.join(folder, name, "a.png"))
+        >>> x, y, classes = read_image_folder(folder, channels=3)
+        >>> x.shape, y.tolist(), classes, int(x[0, 0, 0, 0])
+        ((2, 3, 3, 4), [0, 1], ('cat', 'dog'), 255)
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"image folder {folder} {what}")
+    try:
+        entries = sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+    except OSError as err:
+        raise DataError(f"cannot list image folder {folder}: {_reason(err)}") from err
+    subfolders = [e for e in entries if e.is_dir()]
+    files = [e for e in entries if _is_image_file(e)]
+    if subfolders and files:
+        raise DataError(
+            f"image folder {folder} holds both image files (e.g. {files[0].name}) and "
+            f"sub-folders (e.g. {subfolders[0].name}); put the images either directly in the "
+            "folder (no labels) or in one sub-folder per class"
+        )
+    classes: tuple[str, ...] = ()
+    labelled: list[tuple[Path, int]] = [(f, -1) for f in files]
+    if subfolders:
+        if len(subfolders) == 1:
+            raise DataError(
+                f"image folder {folder} holds a single class sub-folder "
+                f"{subfolders[0].name!r}; labels from one class are meaningless, so add a "
+                "sub-folder per class or put the images directly in the folder (no labels)"
+            )
+        classes = tuple(sub.name for sub in subfolders)
+        for label, sub in enumerate(subfolders):
+            try:
+                found = sorted(e for e in sub.iterdir() if _is_image_file(e))
+            except OSError as err:
+                raise DataError(f"cannot list class folder {sub}: {_reason(err)}") from err
+            if not found:
+                raise DataError(
+                    f"class sub-folder {sub} holds no image files "
+                    f"({', '.join(IMAGE_SUFFIXES)}); every class needs at least one image"
+                )
+            labelled.extend((f, label) for f in found)
+    if not labelled:
+        raise DataError(
+            f"image folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}) and "
+            "no class sub-folders"
+        )
+    mode = {1: "L", 3: "RGB"}[channels]
+    pixels = []
+    first: tuple[Path, tuple[int, int]] | None = None
+    for file, _ in labelled:
+        try:
+            with Image.open(file) as opened:
+                image = opened.convert(mode)  # decodes the whole file
+        except UnidentifiedImageError as err:
+            raise DataError(
+                f"cannot read image file {file}: Pillow does not recognise it as an image"
+            ) from err
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image file {file}: {_reason(err)}") from err
+        if size is not None:
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        elif first is None:
+            first = (file, image.size)
+        elif image.size != first[1]:
+            (w0, h0), (w1, h1) = first[1], image.size
+            raise DataError(
+                f"image file {file} is {h1}x{w1} (height x width) but {first[0]} is {h0}x{w0}; "
+                "images of different sizes need data.height and data.width to resize them "
+                "to one size"
+            )
+        array = np.asarray(image, dtype=np.uint8)
+        pixels.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    x = np.stack(pixels)
+    y = np.array([label for _, label in labelled], dtype=np.int64) if classes else None
+    return x, y, classes
+
+
+def _is_image_file(entry: Path) -> bool:
+    return (
+        not entry.name.startswith(".")
+        and entry.suffix.lower() in IMAGE_SUFFIXES
+        and entry.is_file()
+    )

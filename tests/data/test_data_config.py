@@ -21,7 +21,7 @@ def test_fields_are_plain_with_defaults(kind):
     for field in dataclasses.fields(cls):
         assert hints[field.name] in PLAIN, (kind, field.name)
         assert field.default is not dataclasses.MISSING, (kind, field.name)
-    config = cls(path="x.npz") if kind == "npz" else cls()
+    config = cls(path="x.npz") if kind in ("npz", "images") else cls()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.limit = 3  # type: ignore[misc]
 
@@ -33,6 +33,7 @@ def test_option_names():
     assert names["mnist"] == [*common, "path"]
     assert names["binarized_mnist"] == [*common, "path"]
     assert names["npz"] == [*common, "path", "x_key", "y_key", "image_shape", "num_classes"]
+    assert names["images"] == [*common, "path", "height", "width", "channels"]
 
 
 @pytest.mark.parametrize(

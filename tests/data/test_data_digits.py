@@ -124,7 +124,7 @@ def test_dynamic_binarization(digits):
 
 
 def test_registry_and_kind_strings():
-    assert set(DATASETS) == {"digits", "mnist", "binarized_mnist", "npz"}
+    assert set(DATASETS) == {"digits", "mnist", "binarized_mnist", "npz", "images"}
     assert DATASETS.get("digits") is DigitsConfig
     assert DigitsConfig.kind == "digits"
     assert load_data("digits").sizes == DigitsConfig().load().sizes
