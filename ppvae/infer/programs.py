@@ -10,7 +10,7 @@ store. :func:`modules_of` finds the networks the way a reader of the code would:
 
 * the program itself when it is an ``nn.Module``;
 * the object of a bound method, when it is an ``nn.Module``, else the ``nn.Module``\ s
-  among its attributes;
+  among its attributes (and in lists, tuples and dicts held by them);
 * the ``nn.Module``\ s a function closes over, refers to by a global name, or receives
   through ``functools.partial``;
 * and, recursively, those of Pyro handlers wrapping a program (``poutine.scale(fn)``).
@@ -56,6 +56,17 @@ def _from_function(fn: Any, seen: set[int], depth: int) -> Iterator[nn.Module]:
         yield from _find(default, seen, depth + 1)
 
 
+def _held(value: Any) -> list[nn.Module]:
+    """The networks an attribute holds: itself, or those in a list, tuple or dict."""
+    if isinstance(value, nn.Module):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, nn.Module)]
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, nn.Module)]
+    return []
+
+
 def _find(obj: Any, seen: set[int], depth: int = 0) -> Iterator[nn.Module]:
     if id(obj) in seen or depth > 3:
         return
@@ -73,8 +84,8 @@ def _find(obj: Any, seen: set[int], depth: int = 0) -> Iterator[nn.Module]:
             yield owner
         else:
             for value in list(vars(owner).values()) if hasattr(owner, "__dict__") else ():
-                if isinstance(value, nn.Module):
-                    yield from _find(value, seen, depth + 1)
+                for item in _held(value):
+                    yield from _find(item, seen, depth + 1)
             yield from _from_function(getattr(obj, "__func__", None), seen, depth)
         return
     if callable(obj) and hasattr(obj, "__code__"):

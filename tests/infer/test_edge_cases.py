@@ -245,3 +245,19 @@ def test_distributed_training_refuses_parameters_it_cannot_synchronize():
     with pytest.raises(SpecError, match="synchronizes the parameters of the model and guide"):
         ppvae.init(_good, guide, "elbo", example_batch=(torch.randn(8),), world_size=2,
                    ddp=functools.partial(lambda module: module))  # fmt: skip
+
+
+def test_networks_held_in_lists_and_dicts_of_an_object_are_found():
+    from ppvae.infer.programs import modules_of
+
+    class Holder:
+        def __init__(self):
+            self.layers = [torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)]
+            self.heads = {"loc": torch.nn.Linear(2, 1)}
+
+        def guide(self, x):
+            pass
+
+    holder = Holder()
+    found = modules_of(holder.guide)
+    assert {id(m) for m in found} == {id(m) for m in (*holder.layers, holder.heads["loc"])}
