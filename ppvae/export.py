@@ -47,6 +47,7 @@ from ppvae.run import SPEC_FILE, Run, load_run
 from ppvae.rundir import (
     EXPORT_MARKER,
     check_no_links,
+    check_parents,
     is_marked,
     remove_tree,
     write_bytes_atomic,
@@ -138,14 +139,7 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
     run folder, or holds anything but an earlier export (``force``)."""
     if out.is_symlink():
         raise RunDirError(f"--out {str(out)!r} is a symbolic link; give the folder itself")
-    for parent in out.parents:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise RunDirError(
-                    f"--out {str(out)!r} lies under {str(parent)!r}, which is a file; choose "
-                    "another --out"
-                )
-            break
+    check_parents(out, f"--out {str(out)!r}", "choose another --out")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {str(out)!r} is a file; choose a folder")
     if src.is_dir() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):

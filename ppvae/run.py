@@ -64,6 +64,7 @@ from ppvae.rundir import (
     RUN_MARKER,
     FolderLock,
     check_no_links,
+    check_parents,
     check_seed,
     describe_differences,
     is_marked,
@@ -369,14 +370,7 @@ def _check_dir(path: Path, force: bool) -> None:
         raise RunDirError(
             f"run folder {str(path)!r} is a symbolic link; give the folder itself as --out"
         )
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise RunDirError(
-                    f"run folder {str(path)!r} lies under {str(parent)!r}, which is a file; "
-                    "choose another --out"
-                )
-            break
+    check_parents(path, f"run folder {str(path)!r}", "choose another --out")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run folder {str(path)!r} is a file; choose another --out")
     if path.is_dir() and _has_entries(path, (LOCK_FILE,)):

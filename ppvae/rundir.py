@@ -55,6 +55,7 @@ __all__ = [
     "is_marked",
     "check_no_links",
     "check_output_path",
+    "check_parents",
     "write_text_atomic",
     "write_bytes_atomic",
     "atomic_target",
@@ -168,17 +169,18 @@ def check_output_path(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise RunDirError(f"{option} {str(path)!r} is a folder; give a file name")
-    _check_parents(path, option)
+    check_parents(path, f"{option} {str(path)!r}")
     return path
 
 
-def _check_parents(path: Path, option: str) -> None:
-    for parent in path.parents:
+def check_parents(path: Path, what: str, advice: str = "choose another path") -> None:
+    """Refuse a path whose nearest existing parent is not a folder (a file, or a link to
+    one): ``what`` names the path in the sentence."""
+    for parent in Path(path).parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 raise RunDirError(
-                    f"{option} {str(path)!r} lies under {str(parent)!r}, which is a file, not a "
-                    "folder; choose another path"
+                    f"{what} lies under {str(parent)!r}, which is a file, not a folder; {advice}"
                 )
             return
 

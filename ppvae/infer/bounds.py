@@ -89,7 +89,6 @@ from ppvae.infer.objectives import (
 from ppvae.infer.traces import (
     ParticlePlate,
     broadcast_problem,
-    data_scale,
     eval_mode,
     in_plate,
     one_particle_log_weights,
@@ -262,8 +261,6 @@ class RenyiBound(Objective):
             problem = self._broadcast_problem(model, guide, args, kwargs, layout)
             if problem is not None:
                 self._refuse(problem)
-        if isinstance(scale, torch.Tensor) and scale.numel() > 1:
-            scale = data_scale(model_trace, layout, self.context.plate)
         glob = glob.sum()
         value = (scale * self._bound(log_w)).sum() + glob
         if self.estimator == "reparam":

@@ -60,6 +60,7 @@ from pyro.poutine.messenger import Messenger
 
 from ppvae.errors import PpvaeWarning
 from ppvae.infer.programs import eval_mode
+from ppvae.infer.traces import particle_dim_problem
 
 __all__ = ["SiteRecorder", "LeanElbo", "record", "is_subsample"]
 
@@ -117,15 +118,23 @@ def _log_prob_sum(site: dict[str, Any]) -> torch.Tensor:
     return scale_and_mask(lp, site["scale"], site["mask"]).sum()
 
 
+def _types(fn) -> tuple[type, ...]:
+    """The distribution's type and those of the base distributions it wraps."""
+    types = [type(fn)]
+    while (fn := getattr(fn, "base_dist", None)) is not None:
+        types.append(type(fn))
+    return tuple(types)
+
+
 def _layout(guide_sites: list[dict], model_sites: list[dict]) -> tuple:
     """What the lean estimator's validity depends on: names, roles, distribution types,
     reparameterization and enumeration of every site."""
     return (
         tuple(
-            (s["name"], type(s["fn"]), s["is_observed"], s["fn"].has_rsample, repr(s["infer"]))
+            (s["name"], _types(s["fn"]), s["is_observed"], s["fn"].has_rsample, repr(s["infer"]))
             for s in guide_sites
         ),
-        tuple((s["name"], type(s["fn"]), s["is_observed"]) for s in model_sites),
+        tuple((s["name"], _types(s["fn"]), s["is_observed"]) for s in model_sites),
     )
 
 
@@ -199,7 +208,7 @@ class LeanElbo:
             _set_rng_state(state)
             return self._unvectorize(problem, model, guide, args, kwargs)
         try:
-            loss, layout, eligible = self._lean(model, guide, args, kwargs)
+            loss, layout, guide_runs = self._lean(model, guide, args, kwargs)
         except (RuntimeError, ValueError, IndexError, TypeError) as error:
             if not self.vectorize or self._layouts:
                 raise
@@ -212,6 +221,7 @@ class LeanElbo:
             )  # fmt: skip
         if self._layouts.get(layout):
             return loss
+        eligible = all(_reparameterized(_scored(sites)) for sites in guide_runs)
         # a new layout: compare with Pyro from the same random state, checks on
         after = _rng_state()
         if self.vectorize:  # vectorized particles are checked, not assumed
@@ -314,7 +324,11 @@ class LeanElbo:
             except NotImplementedError:
                 # a density only at its own draws (a flow without inverse): no replay;
                 # check that every site carries the particle dimension instead
-                return _structural_problem(_scored(guide_sites + model_sites), rank)
+                named = (
+                    (s["name"], s["fn"].log_prob(s["value"]))
+                    for s in _scored(guide_sites + model_sites)
+                )
+                return particle_dim_problem(named, rank, 2)
             except (RuntimeError, ValueError, IndexError, TypeError) as error:
                 return f"one particle at a time it fails ({type(error).__name__}: {error})"
             if not _close(-single, per[k]):
@@ -337,25 +351,27 @@ class LeanElbo:
     def _pyro(self, model, guide, args, kwargs) -> torch.Tensor:
         return self.pyro_elbo.differentiable_loss(model, guide, *args, **kwargs)
 
-    def _lean(self, model, guide, args, kwargs) -> tuple[torch.Tensor, tuple, bool]:
+    def _lean(self, model, guide, args, kwargs) -> tuple[torch.Tensor, tuple, list]:
+        """The loss, the site layout, and the guide's sites of every particle run."""
         k = self.num_particles
         if self.vectorize:
             dim = -int(self.pyro_elbo.max_plate_nesting) - 1
             with pyro.plate("num_particles_vectorized", k, dim=dim):
-                return self._particle(model, guide, args, kwargs, k)
-        total, layout, eligible = 0.0, (), True
+                loss, layout, guide_sites = self._particle(model, guide, args, kwargs, k)
+                return loss, layout, [guide_sites]
+        total, layout, guide_runs = 0.0, (), []
         for _ in range(k):
-            loss, layout_k, eligible_k = self._particle(model, guide, args, kwargs, k)
+            loss, layout_k, guide_sites = self._particle(model, guide, args, kwargs, k)
             total = total + loss
-            layout, eligible = layout + (layout_k,), eligible and eligible_k
-        return total, layout, eligible
+            layout = layout + (layout_k,)
+            guide_runs.append(guide_sites)
+        return total, layout, guide_runs
 
     @staticmethod
-    def _particle(model, guide, args, kwargs, k: int) -> tuple[torch.Tensor, tuple, bool]:
+    def _particle(model, guide, args, kwargs, k: int) -> tuple[torch.Tensor, tuple, list]:
         guide_sites = record(guide, args, kwargs)
         replay = {s["name"]: s for s in guide_sites if not s["is_observed"]}
         model_sites = record(model, args, kwargs, replay)
-        eligible = _reparameterized(_scored(guide_sites))
         elbo = 0.0
         for site in model_sites:
             if not is_subsample(site):
@@ -365,21 +381,7 @@ class LeanElbo:
                 elbo = elbo - _log_prob_sum(site)
         if not isinstance(elbo, torch.Tensor):
             elbo = torch.zeros(())
-        return -elbo / k, _layout(guide_sites, model_sites), eligible
-
-
-def _structural_problem(sites: list[dict], rank: int) -> str | None:
-    """Every site has the particle dimension (size 2, at dim ``-rank``) in its
-    log-density (None), or a sentence naming the first that does not."""
-    for site in sites:
-        shape = tuple(torch.as_tensor(site["fn"].log_prob(site["value"])).shape)
-        padded = (1,) * (rank - len(shape)) + shape
-        if len(padded) > rank or padded[0] != 2:
-            return (
-                f"site {site['name']!r} has log-density shape {shape}, without the particle "
-                f"dimension at dim {-rank}"
-            )
-    return None
+        return -elbo / k, _layout(guide_sites, model_sites), guide_sites
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -52,10 +52,10 @@ from torch import nn
 from ppvae.checkpoint import rng_state, set_rng_state
 from ppvae.errors import SpecError, TrainingError
 from ppvae.infer.config import TrainConfig, lr_scheduler, resolve_device
-from ppvae.infer.isolation import export_params, own_params
+from ppvae.infer.isolation import export_params, isolated_param_store
 from ppvae.infer.objectives import Objective, ObjectiveContext, build_objective
 from ppvae.infer.programs import modules_of
-from ppvae.infer.scaling import LatentScale, MinibatchScale, Scaling
+from ppvae.infer.scaling import Scaling
 from ppvae.infer.traces import data_errors, data_frame, guide_and_model_traces
 
 __all__ = [
@@ -278,10 +278,9 @@ def _networks(setup: Setup) -> list[nn.Module]:
 def scaled(fn: Callable, plate: str, local: float, global_: float, kl_weight: float) -> Callable:
     """``fn`` under the minibatch scaling (``local`` in the data plate, ``global_`` outside)
     and, when not 1, the KL warm-up weight on latent sites."""
-    fn = MinibatchScale(plate, local, global_)(fn)
-    if kl_weight != 1.0:
-        fn = LatentScale(kl_weight)(fn)
-    return fn
+    scaling = Scaling(plate)
+    scaling.set(local, global_, kl_weight)
+    return scaling(fn)
 
 
 def make_optimizer(
@@ -466,10 +465,8 @@ def init(
     found: dict[int, tuple[str, torch.Tensor]] = {}
     # a store of the state's own: the global store's pyro.param sites (as Pyro's SVI would
     # start from them), never a network's weights, which come from the networks
-    start = own_params(pyro.get_param_store().get_state())
-    inherited = [id(t) for t in start["params"].values()]  # the scope fills ``start`` in
-    store = pyro.get_param_store()
-    with store.scope(start) as param_store:
+    with isolated_param_store(inherit=True) as param_store:
+        inherited = [id(t) for t in param_store["params"].values()]  # before the runs add any
         for program, (args, kwargs) in zip(programs, examples, strict=True):
             with data_errors(args, "a training batch"), pyro.validation_enabled(True):
                 names_, params_ = _parameters(program.model, program.guide, args, kwargs)
@@ -532,7 +529,7 @@ def init(
         param_store=param_store,
         kl_weight=config.beta,
     )
-    with store.scope(param_store):
+    with state.scope():
         for program, (args, kwargs) in zip(programs, examples, strict=True):
             _check_first_batch(state, program, args, kwargs)
     pyro.set_rng_seed(sample_seed)  # the checks drew random numbers: start again
@@ -611,7 +608,7 @@ def step(
     local = None if global_size is None else s.world_size / global_size
     global_ = 1.0 / s.num_data
     state.optimizer.zero_grad(set_to_none=True)
-    with pyro.get_param_store().scope(state.param_store):
+    with state.scope():
         if s.ddp is not None:
             loss = s.ddp(local, global_, state.kl_weight, args, kwargs)
             loss.backward()

@@ -41,6 +41,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from ppvae.errors import DataError, PpvaeError, SpecError
 from ppvae.infer.programs import eval_mode  # one implementation, re-exported here
+from ppvae.infer.scaling import UNIT
 
 __all__ = [
     "PARTICLES",
@@ -64,6 +65,7 @@ __all__ = [
     "site_weights",
     "shape_text",
     "broadcast_problem",
+    "particle_dim_problem",
     "one_particle_log_weights",
 ]
 
@@ -344,8 +346,6 @@ def site_weights(model_trace, guide_trace, layout: Layout, plate: str):
     by :class:`~ppvae.infer.scaling.MinibatchScale`; else that of the first observed
     site), ``weights`` each site's scale over it (1 for a plain site; a KL weight on latent
     sites; a user's ``poutine.scale``), numbers or tensors."""
-    from ppvae.infer.scaling import UNIT
-
     unit = None
     weights: dict[str, Any] = {}
     for site, _, _ in scored_sites(model_trace, guide_trace):
@@ -436,22 +436,29 @@ def broadcast_problem(
 
 
 def _structural_problem(model_trace, guide_trace, layout: Layout, k: int) -> str | None:
-    """Every site drawn under the particle plate has the particle dimension in its value
-    and log-density (None), or a sentence naming the first that does not."""
-    for trace in (guide_trace, model_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or not any(
-                f.name == PARTICLES for f in site["cond_indep_stack"]
-            ):
-                continue
-            lp = site.get("unscaled_log_prob", site.get("log_prob"))
-            shape = tuple(torch.as_tensor(lp).shape) if lp is not None else ()
-            padded = (1,) * (layout.rank - len(shape)) + shape
-            if len(padded) > layout.rank or padded[0] != k:
-                return (
-                    f"site {name!r} has log-density shape {shape}, without the particle "
-                    f"dimension of size {k} at dim {layout.particle_dim}"
-                )
+    """Every site drawn under the particle plate has the particle dimension in its
+    log-density (None), or a sentence naming the first that does not."""
+    named = (
+        (name, site.get("unscaled_log_prob", site.get("log_prob")))
+        for trace in (guide_trace, model_trace)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and any(f.name == PARTICLES for f in site["cond_indep_stack"])
+    )
+    return particle_dim_problem(named, layout.rank, k)
+
+
+def particle_dim_problem(named_log_probs, rank: int, k: int) -> str | None:
+    """Every ``(name, log-density)`` has the particle dimension of size ``k`` at dim
+    ``-rank`` (None), or a sentence naming the first that does not: the check of a
+    program whose densities cannot be replayed (a flow without inverse)."""
+    for name, lp in named_log_probs:
+        shape = tuple(torch.as_tensor(lp).shape) if lp is not None else ()
+        padded = (1,) * (rank - len(shape)) + shape
+        if len(padded) > rank or padded[0] != k:
+            return (
+                f"site {name!r} has log-density shape {shape}, without the particle "
+                f"dimension of size {k} at dim {-rank}"
+            )
     return None
 
 

@@ -177,7 +177,9 @@ def fit(
     when ``fit`` returns (``pyro.param(name)`` then gives them). Nothing else of the
     global store is read or written.
     """
-    config = (config or TrainConfig()).replace(**settings) if settings else config or TrainConfig()
+    config = config or TrainConfig()
+    if settings:
+        config = config.replace(**settings)
     dev = resolve_device(config.device)
     dinfo = distributed.init_from_env(dev)
     if dinfo is not None and dev.type == "cuda":
@@ -261,7 +263,6 @@ def fit(
         cbs.extend(callbacks)  # before the logger: they may add keys to the epoch's record
         if out_dir is not None:
             cbs.append(MetricsLogger(Path(out_dir) / "metrics.jsonl"))
-        if out_dir is not None:
             cbs.append(Checkpointer(Path(out_dir) / "checkpoints"))  # last: sees the final record
 
         try:
