@@ -14,7 +14,7 @@ Example:
     >>> describe_kinds("nope")
     Traceback (most recent call last):
     ...
-    ppvae.errors.SpecError: unknown section 'nope'; allowed: data, model, prior, guide, likelihood, objective, train, evaluate
+    ppvae.errors.SpecError: unknown section 'nope'; allowed: data, model, network, prior, guide, likelihood, objective, train, evaluate
 """
 
 from __future__ import annotations

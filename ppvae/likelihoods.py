@@ -3,7 +3,10 @@ r"""Likelihoods :math:`p(x | z)`: how decoder outputs become a distribution over
 A likelihood is an ``nn.Module`` with ``params_per_dim`` (decoder outputs per data
 feature) whose ``forward(out)`` maps decoder outputs ``(..., data_dim * params_per_dim)``
 to a Pyro distribution with ``event_shape == (data_dim,)``, and whose ``mean(out)`` gives
-the expected data (used for sample grids and reconstructions). Options live in a frozen
+the expected data (used for sample grids and reconstructions). The outputs are laid out
+parameter-major, ``(params_per_dim, data_dim)`` flattened, unless the module sets
+``params_last = True`` (``(data_dim, params_per_dim)``, as ``categorical256``); image
+decoders (:mod:`ppvae.networks`) read this to lay out their channels. Options live in a frozen
 dataclass registered in :data:`LIKELIHOODS`; its ``check_data`` refuses data the
 likelihood cannot model, with one sentence saying what to change.
 
@@ -431,6 +434,7 @@ class _EightBit(_LikelihoodWithData):
 
 class _Categorical256(nn.Module):
     params_per_dim = LEVELS
+    params_last = True  # (data_dim, LEVELS) logits
 
     def __init__(self, data_dim: int) -> None:
         super().__init__()

@@ -341,11 +341,13 @@ def lock_is_held(folder: str | Path) -> bool:
 
 
 def frozen_part(spec_dict: Mapping[str, Any], *, locations: bool = False) -> dict[str, Any]:
-    """The sections of a spec that make a run what it is: all but ``[evaluate]``,
-    ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`, and without the
+    """The sections of a spec that make a run what it is: all but ``[evaluate]`` (and a
+    default ``[network]``, which runs of earlier versions lack), ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`, and without the
     :data:`LOCATION_KEYS` (``locations=True`` keeps them: the fingerprint that
     earlier ppvae versions stored)."""
     out = {k: dict(v) for k, v in spec_dict.items() if k != "evaluate" and isinstance(v, Mapping)}
+    if out.get("network") == {"kind": "mlp"}:  # the default, as runs made before [network] say
+        del out["network"]
     if "train" in out:
         out["train"] = {k: v for k, v in out["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
     if not locations:

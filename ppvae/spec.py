@@ -1,6 +1,6 @@
 r"""Model specs: TOML files parsed once into frozen, validated dataclasses.
 
-A spec has the sections ``[data]``, ``[model]``, ``[prior]``, ``[guide]``,
+A spec has the sections ``[data]``, ``[model]``, ``[network]``, ``[prior]``, ``[guide]``,
 ``[likelihood]``, ``[objective]`` (each picks an implementation with ``kind`` and takes
 that implementation's own keys beside it), ``[train]`` and ``[evaluate]``. A missing
 section or ``kind`` takes its default. ``--set section.key=value`` overrides are parsed
@@ -40,6 +40,7 @@ from ppvae.infer.objectives import OBJECTIVES, ObjectiveConfig
 from ppvae.likelihoods import LIKELIHOODS, LikelihoodConfig
 from ppvae.models import MODELS, ModelConfig
 from ppvae.models.base import COMPONENT_SECTIONS
+from ppvae.networks import NETWORKS, MLPNetwork, NetworkConfig
 from ppvae.priors import PRIORS, PriorConfig
 from ppvae.registry import Registry
 
@@ -82,6 +83,7 @@ class EvaluateConfig:
 SECTIONS: dict[str, tuple[Registry, str]] = {
     "data": (DATASETS, "digits"),
     "model": (MODELS, "vae"),
+    "network": (NETWORKS, "mlp"),
     "prior": (PRIORS, "standard_normal"),
     "guide": (GUIDES, "diagonal_normal"),
     "likelihood": (LIKELIHOODS, "bernoulli"),
@@ -100,6 +102,7 @@ class Spec:
 
     data: DataConfig = field(default_factory=lambda: DATASETS.get("digits")())
     model: ModelConfig = field(default_factory=lambda: MODELS.get("vae")())
+    network: NetworkConfig = field(default_factory=MLPNetwork)
     prior: PriorConfig = field(default_factory=lambda: PRIORS.get("standard_normal")())
     guide: GuideConfig = field(default_factory=lambda: GUIDES.get("diagonal_normal")())
     likelihood: LikelihoodConfig = field(default_factory=lambda: LIKELIHOODS.get("bernoulli")())
@@ -120,6 +123,8 @@ class Spec:
         """SHA-256 of the resolved spec (key order independent), leaving out the keys
         that may change when a run is resumed (``train.epochs``, ``train.progress``)."""
         values = self.to_dict()
+        if values["network"] == {"kind": "mlp"}:  # runs made before [network] existed
+            del values["network"]
         values["train"] = {
             k: v for k, v in values["train"].items() if k not in _RESUMABLE_TRAIN_KEYS
         }
@@ -132,12 +137,16 @@ class Spec:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
 
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is dict:
+        return "a table of keys"
     if typing.get_origin(tp) is tuple:
         (inner, *_rest) = typing.get_args(tp)
         return f"a list of {_type_name(inner).removeprefix('an ').removeprefix('a ')}s"
@@ -163,6 +172,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise SpecError(
             f"{where} must be {' or '.join(_type_name(o) for o in options)}, got {value!r}"
         )
+    if origin is dict:  # keyword arguments of a user's class: TOML values as they are
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
         if not isinstance(value, list | tuple):

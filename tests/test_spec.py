@@ -38,6 +38,7 @@ ALL_SECTIONS = [*SECTIONS, *PLAIN]
 REQUIRED = {
     ("data", "npz"): {"path": "some.npz"},
     ("data", "images"): {"path": "pics", "height": 8, "width": 8},
+    ("network", "user"): {"encoder": "mypkg.nets:Encoder"},
 }
 
 
@@ -110,6 +111,8 @@ def _candidates(tp, default) -> list[Any]:
         ]
     if origin is tuple:
         return [[3, 4], [5], [8, 8], [2, 3, 4], [0.5, 0.9]]  # sizes, or a pair of rates
+    if origin is dict:
+        return [{"width": 8, "sizes": [2, 3]}]  # keyword arguments of a user's class
     if tp is bool:
         return [not default]
     if tp is int:
@@ -130,6 +133,7 @@ def _candidates(tp, default) -> list[Any]:
                 "dynamic",
                 "valid",
                 "x.npz",
+                "pkg.nets:Net",
                 "a",
             )
             if v != default
@@ -338,7 +342,7 @@ def test_kind_override_to_an_unknown_kind_is_refused():
         (
             {"trian": {}},
             (),
-            r"unknown section 'trian'; allowed: data, model, prior, guide, likelihood, objective, train, evaluate",
+            r"unknown section 'trian'; allowed: data, model, network, prior, guide, likelihood, objective, train, evaluate",
         ),
         ({}, ["trian.epochs=3"], r"unknown section 'trian' in override .*; allowed: data, model"),
         (

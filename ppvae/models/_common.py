@@ -15,6 +15,8 @@ from ppvae.nn import MLP, make_activation
 
 __all__ = [
     "GaussianLayer",
+    "Encoded",
+    "on_trunk",
     "check_latent_dim",
     "check_sizes",
     "check_activation",
@@ -78,3 +80,22 @@ class GaussianLayer(nn.Module):
     def forward(self, h: torch.Tensor) -> ReparamDiagonalNormal:
         loc, raw = self.net(h).split(self.out, dim=-1)
         return ReparamDiagonalNormal(loc, F.softplus(raw) + 1e-4)
+
+
+class Encoded(nn.Module):
+    """A head on an encoder trunk's features: ``forward(x, *rest) = head(trunk(x), *rest)``
+    (the trunk of an image network, :mod:`ppvae.networks`)."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor):  # noqa: D102
+        return self.head(self.trunk(x), *rest)
+
+
+def on_trunk(trunk: nn.Module | None, head: nn.Module) -> nn.Module:
+    """``head`` on ``trunk``'s features (:class:`Encoded`); ``head`` itself without a trunk
+    (an MLP reading the flat data)."""
+    return head if trunk is None else Encoded(trunk, head)

@@ -28,6 +28,7 @@ protocols of :mod:`ppvae.models.abilities`.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from ppvae.context import BuildContext
+from ppvae.networks import MLPNetwork, NetworkConfig
 from ppvae.registry import Registry
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["MODELS", "ModelConfig", "ModelContext", "PretrainedRun", "COMPONENT_SECTIONS"]
 
 #: The component sections a model kind may use.
-COMPONENT_SECTIONS = ("prior", "guide", "likelihood")
+COMPONENT_SECTIONS = ("network", "prior", "guide", "likelihood")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,12 @@ class ModelContext:
         data_dim: features of one flattened data point.
         train: the training split (for data checks against the likelihood, label subsets).
         prior, guide, likelihood, objective: the configs of those sections.
+        network: the ``[network]`` config (default ``mlp``), which
+            :meth:`encoder_trunk` and :meth:`decoder` build from.
         num_classes: number of label classes, when the data has labels.
         image_shape: the shape of one data point as an image, when it is one.
+        event_shape: the shape of one data point before flattening (``(C, H, W)`` for
+            images, ``(D,)`` for vectors; None: ``(data_dim,)``).
         binarized: whether the data are binarized (statically or dynamically).
         seed: the seed the weights are initialized from (already set when ``build`` runs).
         pretrained: the runs of :meth:`ModelConfig.pretrained_runs`, loaded, by name.
@@ -96,8 +102,10 @@ class ModelContext:
     guide: GuideConfig
     likelihood: LikelihoodConfig
     objective: ObjectiveConfig
+    network: NetworkConfig = field(default_factory=MLPNetwork)
     num_classes: int | None = None
     image_shape: tuple[int, ...] | None = None
+    event_shape: tuple[int, ...] | None = None
     binarized: bool = False
     seed: int = 0
     pretrained: Mapping[str, PretrainedRun] = field(default_factory=lambda: MappingProxyType({}))
@@ -114,6 +122,34 @@ class ModelContext:
         where = f"the {self.data_name} training data" + (f" ({features})" if features else "")
         binarized = self.binarized and not features
         self.likelihood.check_data(x, binarized=binarized, where=where)
+
+    def data_shape(self) -> tuple[int, ...]:
+        """The event shape of one data point (``(data_dim,)`` when none was given)."""
+        return tuple(self.event_shape) if self.event_shape else (self.data_dim,)
+
+    def encoder_trunk(self, activation: str, shape: tuple[int, ...] | None = None):
+        """The ``[network]``'s encoder trunk for the data (or for points of event shape
+        ``shape``), and the number of features it gives: ``(None, data_dim)`` for MLPs,
+        whose first layer reads the flat data."""
+        shape = shape or self.data_shape()
+        network = self.network
+        what = f"the {self.data_name} data" if shape == self.data_shape() else "the model's inputs"
+        network.check_shape(shape, what)
+        trunk = network.build_trunk(shape, activation)
+        return trunk, (trunk.out_features if trunk is not None else math.prod(shape))
+
+    def decoder(
+        self,
+        in_features: int,
+        hidden: tuple[int, ...],
+        likelihood: nn.Module,
+        activation: str,
+        shape: tuple[int, ...] | None = None,
+    ) -> nn.Module:
+        """The ``[network]``'s decoder from ``in_features`` through ``hidden`` (in decoder
+        order) to ``likelihood``'s parameters for the data (or points of ``shape``)."""
+        shape = shape or self.data_shape()
+        return self.network.build_decoder(in_features, hidden, shape, likelihood, activation)
 
     def components(
         self, latent_dim: int, hidden: tuple[int, ...] = (256,), activation: str = "relu"

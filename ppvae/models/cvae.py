@@ -36,7 +36,6 @@ from ppvae.models._common import (
     one_hot,
 )
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
-from ppvae.nn import MLP
 
 __all__ = ["CVAE", "CVAEGuide", "CVAEConfig"]
 
@@ -85,13 +84,17 @@ class CVAE(PyroModule):
 class CVAEGuide(PyroModule):
     """:math:`q(z | x, y)`."""
 
-    def __init__(self, encoder: GaussianLayer, num_classes: int) -> None:
+    def __init__(
+        self, encoder: GaussianLayer, num_classes: int, trunk: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
+        self.trunk = trunk
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor):
-        return self.encoder(torch.cat([x, one_hot(y, self.num_classes, x)], dim=-1))
+        h = x if self.trunk is None else self.trunk(x)
+        return self.encoder(torch.cat([h, one_hot(y, self.num_classes, h)], dim=-1))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with pyro.plate("data", x.shape[0]):
@@ -104,7 +107,7 @@ class CVAEConfig(ModelConfig):
     """A VAE conditioned on the data's labels (the data set must have them); its guide
     :math:`q(z | x, y)` is a Gaussian layer (``[guide]`` is not used)."""
 
-    uses: ClassVar[frozenset[str]] = frozenset({"prior", "likelihood"})
+    uses: ClassVar[frozenset[str]] = frozenset({"network", "prior", "likelihood"})
     needs_labels: ClassVar[bool] = True
     guide_form: ClassVar[str] = "q(z|x,y)"
 
@@ -130,12 +133,10 @@ class CVAEConfig(ModelConfig):
         k = ctx.num_classes
         parts = ctx.components(self.latent_dim, self.hidden, self.activation)
         lik = ctx.likelihood.build(parts)
-        decoder = MLP(
-            self.latent_dim + k,
-            tuple(reversed(self.hidden)),
-            ctx.data_dim * lik.params_per_dim,
-            self.activation,
+        decoder = ctx.decoder(
+            self.latent_dim + k, tuple(reversed(self.hidden)), lik, self.activation
         )
         model = CVAE(ctx.prior.build(parts), decoder, lik, k)
-        guide = CVAEGuide(GaussianLayer(parts, ctx.data_dim + k, self.hidden, self.latent_dim), k)
-        return model, guide
+        trunk, features = ctx.encoder_trunk(self.activation)
+        encoder = GaussianLayer(parts, features + k, self.hidden, self.latent_dim)
+        return model, CVAEGuide(encoder, k, trunk)

@@ -28,9 +28,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppvae.errors import SpecError
-from ppvae.models._common import GaussianLayer, check_activation, check_sizes
+from ppvae.models._common import GaussianLayer, check_activation, check_sizes, on_trunk
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
-from ppvae.nn import MLP
 
 __all__ = ["HVAE", "HVAEGuide", "HVAEConfig"]
 
@@ -87,12 +86,13 @@ class HVAEConfig(ModelConfig):
 
     Attributes:
         latent_dims: sizes of ``z1`` (bottom) and ``z2`` (top).
-        hidden: hidden sizes between ``x`` and ``z1`` (both directions).
+        hidden: hidden sizes between ``x`` (the ``[network]``'s features) and ``z1``
+            (both directions).
         hidden2: hidden sizes between ``z1`` and ``z2`` (both directions).
         activation: activation name.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"prior", "likelihood"})
+    uses: ClassVar[frozenset[str]] = frozenset({"network", "prior", "likelihood"})
     guide_form: ClassVar[str] = "q(z1|x) q(z2|z1)"
 
     latent_dims: tuple[int, ...] = (100, 50)
@@ -115,9 +115,8 @@ class HVAEConfig(ModelConfig):
         d1, d2 = self.latent_dims
         parts = ctx.components(d2, self.hidden2, self.activation)
         lik = ctx.likelihood.build(parts)
-        decoder = MLP(
-            d1, tuple(reversed(self.hidden)), ctx.data_dim * lik.params_per_dim, self.activation
-        )
+        decoder = ctx.decoder(d1, tuple(reversed(self.hidden)), lik, self.activation)
+        trunk, features = ctx.encoder_trunk(self.activation)
         model = HVAE(
             ctx.prior.build(parts),
             GaussianLayer(parts, d2, tuple(reversed(self.hidden2)), d1),
@@ -125,7 +124,7 @@ class HVAEConfig(ModelConfig):
             lik,
         )
         guide = HVAEGuide(
-            GaussianLayer(parts, ctx.data_dim, self.hidden, d1),
+            on_trunk(trunk, GaussianLayer(parts, features, self.hidden, d1)),
             GaussianLayer(parts, d1, self.hidden2, d2),
         )
         return model, guide

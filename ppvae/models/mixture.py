@@ -34,9 +34,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppvae.errors import SpecError
-from ppvae.models._common import GaussianLayer, check_activation, check_sizes
+from ppvae.models._common import GaussianLayer, check_activation, check_sizes, on_trunk
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
-from ppvae.nn import MLP
 
 __all__ = ["MixtureModel", "MixtureGuide", "MixtureConfig"]
 
@@ -138,7 +137,7 @@ class MixtureConfig(ModelConfig):
         activation: activation name.
     """
 
-    uses: ClassVar[frozenset[str]] = frozenset({"likelihood"})
+    uses: ClassVar[frozenset[str]] = frozenset({"network", "likelihood"})
 
     num_components: int = 10
     latent_dim: int = 10
@@ -157,17 +156,22 @@ class MixtureConfig(ModelConfig):
     def needs_enumeration(self) -> str:
         return "model.kind = 'mixture', whose class is summed out by enumeration,"
 
+    def check_spec(self, spec) -> None:
+        """A plain mixture (``latent_dim = 0``) has no networks for ``[network]`` to shape."""
+        if self.latent_dim == 0 and spec.network.kind != "mlp":
+            raise SpecError(
+                f"model.latent_dim = 0 makes a plain mixture without networks, so network.kind = "
+                f"{spec.network.kind!r} would be ignored; remove [network] or set model.latent_dim"
+            )
+
     def build(self, ctx: ModelContext) -> tuple[MixtureModel, MixtureGuide]:
         ctx.check_data()
         parts = ctx.components(max(self.latent_dim, 1), self.hidden, self.activation)
         lik = ctx.likelihood.build(parts)
         if self.latent_dim == 0:
             return MixtureModel(self.num_components, 0, None, lik, ctx.data_dim), MixtureGuide(None)
-        decoder = MLP(
-            self.latent_dim,
-            tuple(reversed(self.hidden)),
-            ctx.data_dim * lik.params_per_dim,
-            self.activation,
-        )
+        decoder = ctx.decoder(self.latent_dim, tuple(reversed(self.hidden)), lik, self.activation)
         model = MixtureModel(self.num_components, self.latent_dim, decoder, lik, ctx.data_dim)
-        return model, MixtureGuide(GaussianLayer(parts, ctx.data_dim, self.hidden, self.latent_dim))
+        trunk, features = ctx.encoder_trunk(self.activation)
+        posterior = on_trunk(trunk, GaussianLayer(parts, features, self.hidden, self.latent_dim))
+        return model, MixtureGuide(posterior)

@@ -33,7 +33,7 @@ from torch import nn
 from ppvae.context import BuildContext
 from ppvae.data import Split
 from ppvae.errors import DataError
-from ppvae.models._common import check_activation, check_sizes
+from ppvae.models._common import check_activation, check_sizes, on_trunk
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
 from ppvae.nn import MLP
 
@@ -102,10 +102,11 @@ class DensityConfig(ModelConfig):
 @MODELS.register("classifier")
 @dataclass(frozen=True)
 class ClassifierConfig(ModelConfig):
-    """An MLP classifier :math:`p(y|x)` (needs labelled data; no latent and a categorical
-    likelihood of its own: ``[prior]``, ``[guide]`` and ``[likelihood]`` are not used)."""
+    """A classifier :math:`p(y|x)`: the ``[network]``'s trunk, then an MLP (needs labelled
+    data; no latent and a categorical likelihood of its own: ``[prior]``, ``[guide]`` and
+    ``[likelihood]`` are not used)."""
 
-    uses: ClassVar[frozenset[str]] = frozenset()
+    uses: ClassVar[frozenset[str]] = frozenset({"network"})
     needs_labels: ClassVar[bool] = True
 
     hidden: tuple[int, ...] = (256,)
@@ -124,5 +125,6 @@ class ClassifierConfig(ModelConfig):
                 f"model.kind = 'classifier' needs labels but the {ctx.data_name} data has none; "
                 "use a data set with labels (digits, mnist, npz with y)"
             )
-        net = MLP(ctx.data_dim, self.hidden, ctx.num_classes, self.activation)
+        trunk, features = ctx.encoder_trunk(self.activation)
+        net = on_trunk(trunk, MLP(features, self.hidden, ctx.num_classes, self.activation))
         return Classifier(net, ctx.num_classes), EmptyGuide()

@@ -3,8 +3,8 @@ r"""The variational autoencoder as a pair of Pyro programs (Kingma & Welling 201
 Model: :math:`z_n \sim p(z)`, :math:`x_n | z_n \sim p(x | f_\theta(z_n))`;
 guide: :math:`z_n \sim q_\phi(z | x_n)`, both inside the plate ``"data"``. The prior,
 the guide's distribution and the likelihood are pluggable modules (see
-:mod:`ppvae.priors`, :mod:`ppvae.guides`, :mod:`ppvae.likelihoods`); the decoder is an
-MLP.
+:mod:`ppvae.priors`, :mod:`ppvae.guides`, :mod:`ppvae.likelihoods`); the networks are MLPs or the
+image networks of :mod:`ppvae.networks`.
 
 Example:
     >>> import torch
@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import pyro
@@ -36,10 +36,11 @@ from ppvae.models._common import (
     check_latent_dim,
     check_sizes,
     kind_name,
+    on_trunk,
     resolve_components,
 )
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
-from ppvae.nn import MLP
+from ppvae.networks import NETWORKS, NetworkConfig
 
 __all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae", "check_components"]
 
@@ -99,10 +100,13 @@ def build_vae(
     guide="diagonal_normal",
     likelihood="bernoulli",
     data: torch.Tensor | None = None,
+    network: NetworkConfig | str = "mlp",
+    event_shape: Sequence[int] | None = None,
 ) -> tuple[VAE, VAEGuide]:
     """A VAE model/guide pair from component kinds (names or config objects); ``data``
     (the training inputs) gives data-dependent starting values such as a Gaussian
-    likelihood's scale."""
+    likelihood's scale; ``network`` (a :mod:`ppvae.networks` kind) reads and draws data
+    of ``event_shape`` (e.g. ``(1, 8, 8)``; default ``(data_dim,)``)."""
     ctx = BuildContext(
         data_dim=data_dim,
         latent_dim=latent_dim,
@@ -112,16 +116,19 @@ def build_vae(
     )
     prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
     check_components(prior_cfg, guide_cfg)
+    net = NETWORKS.get(network)() if isinstance(network, str) else network
+    shape = tuple(event_shape) if event_shape else (data_dim,)
+    net.check_shape(shape, "the data")
     lik = lik_cfg.build(ctx)
-    decoder = MLP(
-        latent_dim, tuple(reversed(ctx.hidden)), data_dim * lik.params_per_dim, activation
-    )
+    decoder = net.build_decoder(latent_dim, tuple(reversed(ctx.hidden)), shape, lik, activation)
+    trunk = net.build_trunk(shape, activation)
+    features = replace(ctx, data_dim=trunk.out_features) if trunk is not None else ctx
     if prior_cfg.needs_posterior:  # e.g. the VampPrior: shared weights
-        posterior = guide_cfg.build(ctx)
+        posterior = on_trunk(trunk, guide_cfg.build(features))
         prior_module = prior_cfg.build(ctx, posterior=posterior)
     else:
         prior_module = prior_cfg.build(ctx)
-        posterior = guide_cfg.build(ctx)
+        posterior = on_trunk(trunk, guide_cfg.build(features))
     return VAE(prior_module, decoder, lik), VAEGuide(posterior)
 
 
@@ -150,7 +157,15 @@ def check_components(prior, guide) -> None:
 @MODELS.register("vae")
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
-    """A VAE with MLP encoder and decoder of the given hidden sizes."""
+    """A VAE: an encoder (the ``[network]``'s trunk, then MLP layers of ``hidden``) giving
+    the ``[guide]``'s :math:`q(z|x)`, and a decoder (``hidden`` reversed, then the
+    ``[network]``'s image layers) giving the ``[likelihood]``'s parameters.
+
+    Attributes:
+        latent_dim: size of ``z``.
+        hidden: MLP sizes between the encoder's features and ``z`` (both directions).
+        activation: activation name.
+    """
 
     offers_posterior: ClassVar[bool] = True
 
@@ -178,4 +193,6 @@ class VAEConfig(ModelConfig):
             guide=ctx.guide,
             likelihood=ctx.likelihood,
             data=ctx.train.x,
+            network=ctx.network,
+            event_shape=ctx.data_shape(),
         )

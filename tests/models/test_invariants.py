@@ -46,7 +46,7 @@ SMALL = {
     "m2": {"latent_dim": 2, "hidden": [8], "num_labels": 10},
 }
 #: A non-default kind of each component section (with its other options at default).
-OTHER = {"prior": "mixture", "guide": "iaf", "likelihood": "gaussian"}
+OTHER = {"network": "conv", "prior": "mixture", "guide": "iaf", "likelihood": "gaussian"}
 DATA = {"kind": "digits", "binarize": "static", "limit": 48}
 N = 12  # points per batch
 

@@ -29,7 +29,8 @@ class M2Config(ModelConfig):
 
     Attributes:
         latent_dim: size of :math:`z`.
-        hidden: hidden layer sizes of the classifier, encoder and (reversed) decoder.
+        hidden: hidden layer sizes of the classifier, encoder and (reversed) decoder (after
+            the ``[network]``'s encoder trunk, which the classifier and encoder share).
         activation: activation between layers.
         num_labels: labelled training examples, class-balanced
             (:func:`ppvae.data.semi_supervised_split`); the rest are unlabelled.
@@ -156,4 +157,6 @@ class M2Config(ModelConfig):
             aux_scale=aux_scale,
             m1=m1,
             data=x,
+            network=ctx.network,
+            event_shape=None if m1 is not None else ctx.data_shape(),
         )

@@ -5,6 +5,7 @@ for the bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from ppvae.errors import SpecError
 from ppvae.models._common import kind_name, one_hot, resolve_components
 from ppvae.models.m2.features import Features, M1Features
 from ppvae.models.m2.weighting import ClassWeighted, class_weights
+from ppvae.networks import NETWORKS, NetworkConfig
 from ppvae.nn import MLP, broadcast_cat
 
 __all__ = ["M2", "M2Guide", "build_m2", "SUM_Y"]
@@ -59,6 +61,7 @@ class M2(PyroModule):
         sum_y: str = "enumerate",
         aux_scale: float = 0.0,
         features: nn.Module | None = None,
+        trunk: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if sum_y not in SUM_Y:
@@ -68,14 +71,21 @@ class M2(PyroModule):
         self.likelihood = likelihood
         self.classifier = classifier
         self.features = features if features is not None else Features(None)
+        self.trunk = trunk
         self.num_classes = num_classes
         self.sum_y = sum_y
         self.aux_scale = float(aux_scale)
 
+    def encoded(self, data: torch.Tensor) -> torch.Tensor:
+        """What the classifier and the encoder read: the image trunk's features of the
+        data (shared with the guide), or the data themselves."""
+        return data if self.trunk is None else self.trunk(data)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         c = self.num_classes
         data = self.features(x)
-        logits = self.classifier(data) if self.aux_scale or self.sum_y == "explicit" else None
+        needs_logits = self.aux_scale or self.sum_y == "explicit"
+        logits = self.classifier(self.encoded(data)) if needs_logits else None
         with pyro.plate("data", x.shape[0]):
             if self.sum_y == "enumerate":
                 y_all = pyro.sample("y", dist.Categorical(logits=data.new_zeros(c)))
@@ -102,7 +112,7 @@ class M2(PyroModule):
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`q(y|x)`, shape ``(N, C)``."""
-        return torch.softmax(self.classifier(self.features(x)), -1)
+        return torch.softmax(self.classifier(self.encoded(self.features(x))), -1)
 
     @torch.no_grad()
     def generate(
@@ -140,10 +150,11 @@ class M2(PyroModule):
         r""":math:`E[x | y, z]` at the mean of :math:`q(z|x,y)`, ``y`` the classifier's
         guess where not given (None, or ``-1`` entries)."""
         data = self.features(x)
-        guess = self.classifier(data).argmax(-1)
+        h = guide.encoded(data)
+        guess = self.classifier(h).argmax(-1)
         y = guess if y is None else torch.where(y >= 0, y.to(guess.device), guess)
         onehot = one_hot(y, self.num_classes, data)
-        z = guide.encoder(data, onehot).mean
+        z = guide.encoder(h, onehot).mean
         return self.features.decode(self.likelihood.mean(self.decoder(_cat(z, onehot))))
 
 
@@ -157,18 +168,25 @@ class M2Guide(PyroModule):
         num_classes: int,
         sum_y: str = "enumerate",
         features: nn.Module | None = None,
+        trunk: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.classifier = classifier
         self.encoder = encoder
         self.features = features if features is not None else Features(None)
+        self.trunk = trunk
         self.num_classes = num_classes
         self.sum_y = sum_y
+
+    def encoded(self, data: torch.Tensor) -> torch.Tensor:
+        """What the classifier and the encoder read (see :meth:`M2.encoded`)."""
+        return data if self.trunk is None else self.trunk(data)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
         c = self.num_classes
         data = self.features(x)
-        logits = self.classifier(data)
+        h = self.encoded(data)
+        logits = self.classifier(h)
         with pyro.plate("data", x.shape[0]):
             if self.sum_y == "enumerate":
                 labelled = (y >= 0).unsqueeze(-1)
@@ -179,17 +197,17 @@ class M2Guide(PyroModule):
                 y_all = pyro.sample(
                     "y", dist.Categorical(logits=q_logits), infer={"enumerate": "parallel"}
                 )
-                pyro.sample("z", self.encoder(data, one_hot(y_all, c, data)))
+                pyro.sample("z", self.encoder(h, one_hot(y_all, c, data)))
             else:
                 weights, log_w = class_weights(logits, y, c)
                 eye = torch.eye(c, dtype=data.dtype, device=data.device)
-                q = self.encoder(data.unsqueeze(-2), eye)
+                q = self.encoder(h.unsqueeze(-2), eye)
                 pyro.sample("z", ClassWeighted(q, weights, log_w))
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`q(y|x)`, shape ``(N, C)``."""
-        return torch.softmax(self.classifier(self.features(x)), -1)
+        return torch.softmax(self.classifier(self.encoded(self.features(x))), -1)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,12 +229,17 @@ def build_m2(
     aux_scale: float = 0.0,
     m1: M1Features | None = None,
     data: torch.Tensor | None = None,
+    network: NetworkConfig | str = "mlp",
+    event_shape: Sequence[int] | None = None,
 ) -> tuple[M2, M2Guide]:
     """An M2 model/guide pair from sizes and component kinds (names or config objects).
 
     ``data_dim`` is the size of what M2 models (the M1 latent size when ``m1`` is given);
     ``aux_scale`` the weight :math:`\\alpha'` of :math:`\\log q(y|x)` per labelled point;
-    ``data`` what the likelihood models (a sample), for data-dependent starting values.
+    ``data`` what the likelihood models (a sample), for data-dependent starting values;
+    ``network`` (a :mod:`ppvae.networks` kind) reads and draws data of ``event_shape``
+    (default ``(data_dim,)``); its encoder trunk is shared by :math:`q(y|x)` and
+    :math:`q(z|x,y)`.
     """
     hidden = tuple(hidden)
     prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
@@ -235,14 +258,27 @@ def build_m2(
         num_classes=num_classes,
         data=data,
     )
+    net = NETWORKS.get(network)() if isinstance(network, str) else network
+    shape = tuple(event_shape) if event_shape else (data_dim,)
+    net.check_shape(shape, "the M1 features M2 models" if m1 is not None else "the data")
     lik = lik_cfg.build(ctx)
-    classifier = MLP(data_dim, hidden, num_classes, activation)
-    encoder = guide_cfg.build_conditional(ctx, num_classes)
-    decoder = MLP(
-        latent_dim + num_classes, tuple(reversed(hidden)), data_dim * lik.params_per_dim, activation
+    trunk = net.build_trunk(shape, activation)
+    reads = dataclasses.replace(ctx, data_dim=trunk.out_features) if trunk is not None else ctx
+    classifier = MLP(reads.data_dim, hidden, num_classes, activation)
+    encoder = guide_cfg.build_conditional(reads, num_classes)
+    decoder = net.build_decoder(
+        latent_dim + num_classes, tuple(reversed(hidden)), shape, lik, activation
     )
     features = Features(m1)
     model = M2(
-        prior_cfg.build(ctx), decoder, lik, classifier, num_classes, sum_y, aux_scale, features
+        prior_cfg.build(ctx),
+        decoder,
+        lik,
+        classifier,
+        num_classes,
+        sum_y,
+        aux_scale,
+        features,
+        trunk,
     )
-    return model, M2Guide(classifier, encoder, num_classes, sum_y, features)
+    return model, M2Guide(classifier, encoder, num_classes, sum_y, features, trunk)
