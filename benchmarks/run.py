@@ -22,7 +22,14 @@ and fed the same shuffled batches:
 
 The same for IWAE with k = 50 particles (ppvae objective ``iwae`` on the user pair and on
 the zoo VAE against a hand-written vectorized IWAE loop), on a fixed number of steps per
-repeat (the per-epoch figure is extrapolated to 391 steps). Before any timing, one step of
+repeat (the per-epoch figure is extrapolated to 391 steps), and for the ELBO on the
+``conv_vae_bmnist`` network (issue 17; ``--conv-steps`` steps per repeat, extrapolated
+likewise; ``--no-conv`` skips it): strided 4x4 convolutions 1x28x28 -> 16x14x14 ->
+32x7x7, then 256 -> 2 x 50, and the mirror image with transposed convolutions, ReLU. The
+user pair and the hand-written loop hold it as plain ``nn.Sequential`` layers
+(:func:`conv_encoder`, :func:`conv_decoder`), the zoo row is ppvae's own conv VAE
+(``ImageEncoder``/``ImageDecoder``); the weights are copied layer by layer from the zoo
+pair, so every variant starts from the same ones. Before any timing, one step of
 every variant from the same weights, batch and seed must give the same loss (the run
 stops otherwise). Variants then run interleaved (user, zoo, torch, pyro_svi, user, ...)
 for ``--repeats`` repeats after a warm-up; the table shows medians.
@@ -42,9 +49,9 @@ set against a large float32 ``torch.matmul`` on the same device (the "peak").
 Peak memory: every variant (training and evaluation) runs again, alone, in a child
 process (after the timings), which reports its peak resident memory (``ru_maxrss``) and,
 on CUDA, ``torch.cuda.max_memory_allocated``; "+MB" is the peak above the child's
-resident memory once imports, network and data are loaded (``--quick`` measures four
+resident memory once imports, network and data are loaded (``--quick`` measures five
 children only: ``elbo/ppvae_user``, ``elbo/ppvae_zoo``, ``elbo/torch``,
-``evaluation/ppvae_user``).
+``conv/ppvae_user``, ``evaluation/ppvae_user``).
 
 Usage::
 
@@ -86,10 +93,15 @@ N_TRAIN = 50_000  # the full binarized MNIST training split
 STEPS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)
 IWAE_K = 50
 SPEC = _common.REPO / "models" / "vae_bmnist.toml"
+CONV_SPEC = _common.REPO / "models" / "conv_vae_bmnist.toml"
+#: the conv_vae_bmnist network (checked against its spec when the zoo pair is built)
+IMAGE, CONV_CHANNELS, CONV_KERNEL, CONV_HIDDEN = (1, 28, 28), (16, 32), 4, 256
+CONV_FEATURES = CONV_CHANNELS[-1] * 7 * 7  # 28 -> 14 -> 7
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 TORCH_ADAM_FOREACH = True  # what ppvae.infer.step.make_optimizer passes for adam
-#: issue 12: the user pair's time over the hand-written one (the zoo VAE: <= the user row)
-TARGETS = {"elbo": 1.10, "iwae50": 1.15, "evaluation": 1.10}
+#: issue 12: the user pair's time over the hand-written one (the zoo VAE: <= the user row);
+#: issue 17: the same for the conv network's training step
+TARGETS = {"elbo": 1.10, "iwae50": 1.15, "evaluation": 1.10, "conv": 1.15}
 #: "the same": the zoo row may be this much (relative) slower than the user row
 ZOO_SAME = 0.02
 #: first-step losses of the variants must agree to this relative difference
@@ -97,6 +109,14 @@ FIRST_STEP_RTOL = 1e-4
 TRAINING = {  # workload -> variants, in the order they run and are shown
     "elbo": ("ppvae_user", "ppvae_zoo", "torch", "pyro_svi"),
     "iwae50": ("ppvae_user", "ppvae_zoo", "torch"),
+    "conv": ("ppvae_user", "ppvae_zoo", "torch"),
+}
+#: the network of each training workload's variants
+NETWORK_OF = {"elbo": "mlp", "iwae50": "mlp", "conv": "conv"}
+WORKLOAD_TITLES = {
+    "elbo": "ELBO (1 sample)",
+    "iwae50": "IWAE k=50",
+    "conv": "conv ELBO (1 sample)",
 }
 EVALUATION = ("ppvae_user", "ppvae_zoo", "torch")
 LABELS = {
@@ -110,7 +130,13 @@ EVAL_LABELS = {
     "ppvae_zoo": "ppvae log_marginal_likelihood, zoo VAE",
     "torch": "hand-written torch (vectorized)",
 }
-QUICK_MEMORY = ("elbo/ppvae_user", "elbo/ppvae_zoo", "elbo/torch", "evaluation/ppvae_user")
+QUICK_MEMORY = (
+    "elbo/ppvae_user",
+    "elbo/ppvae_zoo",
+    "elbo/torch",
+    "conv/ppvae_user",
+    "evaluation/ppvae_user",
+)
 
 # Multiply-accumulates of one forward pass: encoder per data point, decoder per particle.
 ENCODER_MACS = X_DIM * HIDDEN + HIDDEN * 2 * Z_DIM
@@ -122,16 +148,102 @@ def flops_per_point(particles: int) -> float:
     return 3 * 2 * (ENCODER_MACS + particles * DECODER_MACS)
 
 
+def forward_macs(net: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of ``net(x)`` for one row of ``x``, counted by hooks on its
+    ``Linear``, ``Conv2d`` and ``ConvTranspose2d`` layers."""
+    total = 0
+
+    def hook(module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        elif isinstance(module, nn.Conv2d):  # every output value: C_in / groups x kernel
+            kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+            total += output[0].numel() * kernel
+        elif isinstance(module, nn.ConvTranspose2d):  # every input value: C_out x kernel
+            kernel = math.prod(module.kernel_size) * module.out_channels // module.groups
+            total += inputs[0][0].numel() * kernel
+
+    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, layers)]
+    try:
+        with torch.no_grad():
+            net(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# the networks, in plain PyTorch: vae_bmnist's MLPs and conv_vae_bmnist's convolutions
+
+
+def mlp_encoder() -> nn.Sequential:
+    """784 -> 400 -> 2 x 50 (loc, raw scale), tanh."""
+    return nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 2 * Z_DIM))
+
+
+def mlp_decoder() -> nn.Sequential:
+    """50 -> 400 -> 784 Bernoulli logits, tanh."""
+    return nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, X_DIM))
+
+
+def conv_encoder() -> nn.Sequential:
+    """Flat images -> 1 x 28 x 28 -> strided 4 x 4 convolutions 16 x 14 x 14 -> 32 x 7 x 7
+    -> 1,568 features -> 256 -> 2 x 50 (loc, raw scale), ReLU: the layers of
+    conv_vae_bmnist's ``ImageEncoder`` trunk and its guide's MLP head."""
+    c1, c2 = CONV_CHANNELS
+    k, pad = CONV_KERNEL, (CONV_KERNEL - 1) // 2
+    return nn.Sequential(
+        nn.Unflatten(-1, IMAGE),
+        nn.Conv2d(IMAGE[0], c1, k, 2, pad),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, k, 2, pad),
+        nn.ReLU(),
+        nn.Flatten(-3),
+        nn.Linear(CONV_FEATURES, CONV_HIDDEN),
+        nn.ReLU(),
+        nn.Linear(CONV_HIDDEN, 2 * Z_DIM),
+    )
+
+
+def conv_decoder() -> nn.Sequential:
+    """50 -> 256 -> 1,568 = 32 x 7 x 7 -> transposed 4 x 4 convolutions 16 x 14 x 14 ->
+    1 x 28 x 28 -> 784 Bernoulli logits, ReLU: the layers of conv_vae_bmnist's
+    ``ImageDecoder``."""
+    c1, c2 = CONV_CHANNELS
+    k, pad = CONV_KERNEL, (CONV_KERNEL - 1) // 2
+    return nn.Sequential(
+        nn.Linear(Z_DIM, CONV_HIDDEN),
+        nn.ReLU(),
+        nn.Linear(CONV_HIDDEN, CONV_FEATURES),
+        nn.ReLU(),
+        nn.Unflatten(-1, (c2, 7, 7)),
+        nn.ConvTranspose2d(c2, c1, k, 2, pad),
+        nn.ReLU(),
+        nn.ConvTranspose2d(c1, IMAGE[0], k, 2, pad),
+        nn.Flatten(-3),
+    )
+
+
+#: network kind -> (encoder, decoder, the zoo guide's state prefix of the encoder's layers)
+NETS = {
+    "mlp": (mlp_encoder, mlp_decoder, "posterior.net."),
+    "conv": (conv_encoder, conv_decoder, "posterior."),
+}
+
+
 # --------------------------------------------------------------------------------------
 # the VAE as a Pyro user writes it (no ppvae class)
 
 
 class UserModel(PyroModule):
-    """p(z) = N(0, I_50), p(x | z) = Bernoulli(logits = decoder(z))."""
+    """p(z) = N(0, I_50), p(x | z) = Bernoulli(logits = decoder(z)) (default: the MLP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, decoder: nn.Module | None = None) -> None:
         super().__init__()
-        self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, X_DIM))
+        self.decoder = mlp_decoder() if decoder is None else decoder
 
     def forward(self, x):
         with pyro.plate("data", x.shape[0]):
@@ -140,13 +252,11 @@ class UserModel(PyroModule):
 
 
 class UserGuide(PyroModule):
-    """q(z | x) = N(loc(x), diag scale(x)^2), one encoder for both."""
+    """q(z | x) = N(loc(x), diag scale(x)^2), one encoder for both (default: the MLP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoder: nn.Module | None = None) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(X_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 2 * Z_DIM)
-        )
+        self.encoder = mlp_encoder() if encoder is None else encoder
 
     def forward(self, x):
         loc, raw = self.encoder(x).split(Z_DIM, dim=-1)
@@ -162,10 +272,22 @@ def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_user_pair(model: UserModel, guide: UserGuide, states) -> None:
+def load_in_order(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state``'s tensors into ``module`` in order: the same layers in the same order
+    under other names (an ``nn.Sequential`` of ppvae's ``ImageEncoder`` and head)."""
+    own = module.state_dict()
+    shapes = [tuple(v.shape) for v in own.values()]
+    if shapes != [tuple(v.shape) for v in state.values()]:
+        raise ValueError(
+            f"the layers differ: {shapes} against {[tuple(v.shape) for v in state.values()]}"
+        )
+    module.load_state_dict(dict(zip(own, state.values(), strict=True)))
+
+
+def load_user_pair(model: UserModel, guide: UserGuide, states, net: str = "mlp") -> None:
     """Copy the weights of ppvae's model/guide pair (same layers, same order)."""
-    model.decoder.load_state_dict(_part(states["model"], "decoder."))
-    guide.encoder.load_state_dict(_part(states["guide"], "posterior.net."))
+    load_in_order(model.decoder, _part(states["model"], "decoder."))
+    load_in_order(guide.encoder, _part(states["guide"], NETS[net][2]))
 
 
 def states_of_user_pair(model: UserModel, guide: UserGuide, template) -> dict[str, dict]:
@@ -186,19 +308,19 @@ def states_of_user_pair(model: UserModel, guide: UserGuide, template) -> dict[st
 
 
 class TorchVAE(nn.Module):
-    """The ``vae_bmnist`` network in plain PyTorch, and its losses written by hand."""
+    """The ``vae_bmnist`` network (``net="conv"``: ``conv_vae_bmnist``'s) in plain
+    PyTorch, and its losses written by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: str = "mlp") -> None:
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Linear(X_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 2 * Z_DIM)
-        )
-        self.decoder = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, X_DIM))
+        make_encoder, make_decoder, self.guide_prefix = NETS[net]
+        self.encoder = make_encoder()
+        self.decoder = make_decoder()
 
     def load_ppvae(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         """Copy the weights of ppvae's model/guide pair (same layers, same order)."""
-        self.encoder.load_state_dict(_part(states["guide"], "posterior.net."))
-        self.decoder.load_state_dict(_part(states["model"], "decoder."))
+        load_in_order(self.encoder, _part(states["guide"], self.guide_prefix))
+        load_in_order(self.decoder, _part(states["model"], "decoder."))
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.encoder(x).split(Z_DIM, dim=-1)
@@ -231,12 +353,29 @@ def _permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def build_ppvae_pair():
-    """vae_bmnist's model/guide pair (the zoo VAE) without loading its data (784 inputs)."""
+def build_ppvae_pair(net: str = "mlp"):
+    """vae_bmnist's model/guide pair (the zoo VAE; ``net="conv"``: conv_vae_bmnist's) without
+    loading its data (784 inputs, 1 x 28 x 28 images for the conv network)."""
     from ppvae.models.vae import build_vae
     from ppvae.spec import load_spec
 
-    spec = load_spec(SPEC)
+    if net == "mlp":
+        spec = load_spec(SPEC)
+        return build_vae(
+            X_DIM,
+            spec.model.latent_dim,
+            spec.model.hidden,
+            spec.model.activation,
+            prior=spec.prior,
+            guide=spec.guide,
+            likelihood=spec.likelihood,
+        )
+    spec = load_spec(CONV_SPEC)
+    mine = (Z_DIM, (CONV_HIDDEN,), "relu", CONV_CHANNELS, CONV_KERNEL)
+    theirs = (spec.model.latent_dim, tuple(spec.model.hidden), spec.model.activation)
+    theirs += (tuple(spec.network.channels), spec.network.kernel_size)
+    if spec.network.kind != "conv" or theirs != mine:
+        raise SystemExit(f"{CONV_SPEC.name} changed: {theirs}, this benchmark's network {mine}")
     return build_vae(
         X_DIM,
         spec.model.latent_dim,
@@ -245,16 +384,20 @@ def build_ppvae_pair():
         prior=spec.prior,
         guide=spec.guide,
         likelihood=spec.likelihood,
+        network=spec.network,
+        event_shape=IMAGE,
     )
 
 
-def build_pair(name: str, states):
-    """The model/guide pair of variant ``ppvae_user`` or ``ppvae_zoo`` holding ``states``."""
+def build_pair(name: str, states, net: str = "mlp"):
+    """The model/guide pair of variant ``ppvae_user`` or ``ppvae_zoo`` holding ``states``
+    (with the ``net`` network: ``mlp`` or ``conv``)."""
     if name == "ppvae_user":
-        model, guide = UserModel(), UserGuide()
-        load_user_pair(model, guide, states)
+        encoder, decoder = NETS[net][0](), NETS[net][1]()
+        model, guide = UserModel(decoder), UserGuide(encoder)
+        load_user_pair(model, guide, states, net)
     elif name == "ppvae_zoo":
-        model, guide = build_ppvae_pair()
+        model, guide = build_ppvae_pair(net)
         model.load_state_dict(states["model"])
         guide.load_state_dict(states["guide"])
     else:
@@ -265,18 +408,20 @@ def build_pair(name: str, states):
 class PpvaeRunner:
     """``ppvae.fit`` for one epoch over the data it is given."""
 
-    def __init__(self, name: str, states, particles: int, device: torch.device) -> None:
+    def __init__(
+        self, name: str, states, particles: int, device: torch.device, net: str = "mlp"
+    ) -> None:
         from ppvae.infer.objectives import OBJECTIVES
 
-        self.name, self.states, self.device = name, states, device
-        self.model, self.guide = build_pair(name, states)
+        self.name, self.states, self.device, self.net = name, states, device, net
+        self.model, self.guide = build_pair(name, states, net)
         self.objective = (
             "elbo" if particles == 1 else OBJECTIVES.get("iwae")(num_particles=particles)
         )
 
     def load(self) -> None:
         if self.name == "ppvae_user":
-            load_user_pair(self.model, self.guide, self.states)
+            load_user_pair(self.model, self.guide, self.states, self.net)
         else:
             self.model.load_state_dict(self.states["model"])
             self.guide.load_state_dict(self.states["guide"])
@@ -300,8 +445,8 @@ class PpvaeRunner:
 class TorchRunner:
     """A hand-written loop: Adam on :meth:`TorchVAE.loss`."""
 
-    def __init__(self, states, particles: int, device: torch.device) -> None:
-        self.net = TorchVAE().to(device)
+    def __init__(self, states, particles: int, device: torch.device, net: str = "mlp") -> None:
+        self.net = TorchVAE(net).to(device)
         self.states, self.particles, self.device = states, particles, device
 
     def run(self, x: torch.Tensor, seed: int) -> dict[str, float]:
@@ -364,12 +509,13 @@ class PyroSviRunner:
         return {"seconds": time.perf_counter() - start, "loss": total / len(x)}
 
 
-def make_runner(name: str, particles: int, states, device):
+def make_runner(name: str, particles: int, states, device, net: str = "mlp"):
     if name in ("ppvae_user", "ppvae_zoo"):
-        return PpvaeRunner(name, states, particles, device)
+        return PpvaeRunner(name, states, particles, device, net)
     if name == "torch":
-        return TorchRunner(states, particles, device)
+        return TorchRunner(states, particles, device, net)
     if name == "pyro_svi":
+        assert net == "mlp"
         return PyroSviRunner(states, particles, device)
     raise ValueError(name)
 
@@ -430,9 +576,13 @@ def interleaved(runners: dict[str, Any], x, warmup_x, repeats: int) -> dict[str,
     return results
 
 
-def summarize_training(results, points: int, particles: int, peak: float) -> dict[str, Any]:
+def summarize_training(
+    results, points: int, particles: int, peak: float, point_flops: float | None = None
+) -> dict[str, Any]:
+    """Medians, per-epoch figures, GFLOP/s and ratios of one training workload;
+    ``point_flops``: forward + backward FLOPs a data point (default: the MLP's)."""
     steps = math.ceil(points / BATCH)
-    flops = flops_per_point(particles) * points
+    flops = (point_flops or flops_per_point(particles)) * points
     out: dict[str, Any] = {
         "particles": particles,
         "points_per_repeat": points,
@@ -606,7 +756,7 @@ def child(args) -> None:
         runner.run(x[:1], _eval_warm_args(eargs))  # first-call costs, lazy imports (k-hat)
     else:
         particles = IWAE_K if args.workload == "iwae50" else 1
-        runner = make_runner(args.child, particles, states, device)
+        runner = make_runner(args.child, particles, states, device, NETWORK_OF[args.workload])
     baseline = _common.max_rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -650,7 +800,7 @@ def _parse_result(proc: subprocess.CompletedProcess, what: str) -> dict[str, Any
 _LAUNCHER = ["sh", "-c", '"$@"; exit $?', "sh"]
 
 
-def memory_pass(args, device, states, x, eval_state) -> dict[str, Any]:
+def memory_pass(args, device, states, x, eval_state, conv_states=None) -> dict[str, Any]:
     """Every variant alone in its own process (several at a time: memory, not time)."""
     jobs: list[tuple[str, list[str]]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -666,6 +816,8 @@ def memory_pass(args, device, states, x, eval_state) -> dict[str, Any]:
             "elbo": {**states, "x": x[: args.memory_steps * BATCH].cpu()},
             "iwae50": {**states, "x": x[: max(1, args.iwae_steps // 4) * BATCH].cpu()},
         }
+        if conv_states is not None:
+            files["conv"] = {**conv_states, "x": x[: args.memory_steps * BATCH].cpu()}
         if eval_state is not None:
             files["evaluation"] = eval_state
         for workload, content in files.items():
@@ -742,7 +894,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- repeats: {cfg['repeats']} interleaved after a warm-up; medians shown; pyro validation "
         f"(pyro_svi) {'on' if cfg['pyro_validation_default'] else 'off'}",
         "",
-        "## Training (vae_bmnist network, batch 128, Adam 1e-3)",
+        "## Training (batch 128, Adam 1e-3; ELBO and IWAE: the vae_bmnist network"
+        + (", conv: the conv_vae_bmnist network)" if "conv" in report["training"] else ")"),
         "",
     ]
     headers = [
@@ -760,12 +913,11 @@ def markdown(report: dict[str, Any]) -> str:
         "mean loss",
     ]
     rows = []
-    for workload, title in (("elbo", "ELBO (1 sample)"), ("iwae50", "IWAE k=50")):
-        t = report["training"][workload]
+    for workload, t in report["training"].items():
         for name, v in t["variants"].items():
             rows.append(
                 [
-                    title,
+                    WORKLOAD_TITLES[workload],
                     LABELS[name],
                     v["seconds_per_epoch"],
                     t["ratios"].get(f"{name}/torch", 1.0),
@@ -784,6 +936,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         _target_line("ELBO", checks["elbo"]),
         _target_line("IWAE k=50", checks["iwae50"]),
+        *([_target_line("conv ELBO", checks["conv"])] if "conv" in checks else []),
         "",
         f"ELBO: {el['steps_per_repeat']} steps per repeat; IWAE: {iw['steps_per_repeat']} steps per "
         f"repeat, s / epoch = median x {STEPS_PER_EPOCH} / steps. Before the timings one step "
@@ -797,6 +950,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{el['ratios']['ppvae_zoo_call/torch']:.2f}x and "
         f"{iw['ratios']['ppvae_zoo_call/torch']:.2f}x for the zoo VAE.",
     ]
+    cv = report["training"].get("conv")
+    if cv:
+        lines += [
+            "",
+            f"conv ELBO: {cv['network']}; {cv['steps_per_repeat']} steps per repeat, s / epoch = "
+            f"median x {STEPS_PER_EPOCH} / steps; GFLOP/s count the convolutions too "
+            f"({cv['flops_per_point'] / 1e6:.1f} MFLOP a point, forward + backward). First-step "
+            f"losses agree to {cv['first_step']['max_rel_diff']:.1e}, whole repeats to "
+            f"{cv['loss_max_rel_diff']:.1e}; the whole fit call is "
+            f"{cv['ratios']['ppvae_user_call/torch']:.2f}x hand-written for the user pair, "
+            f"{cv['ratios']['ppvae_zoo_call/torch']:.2f}x for the zoo conv VAE.",
+        ]
     ev = report.get("evaluation")
     if ev:
         lines += [
@@ -839,6 +1004,10 @@ def parse(argv=None):
         "--elbo-steps", type=int, default=0, help="ELBO steps per repeat (0: a full epoch)"
     )
     p.add_argument("--iwae-steps", type=int, default=20, help="IWAE k=50 steps per repeat")
+    p.add_argument(
+        "--conv-steps", type=int, default=100, help="conv network: ELBO steps per repeat"
+    )
+    p.add_argument("--no-conv", action="store_true", help="skip the conv network's rows")
     p.add_argument("--eval-n", type=int, default=500, help="evaluation: test points")
     p.add_argument("--eval-k", type=int, default=1000, help="evaluation: importance samples")
     p.add_argument("--eval-repeats", type=int, default=3)
@@ -855,7 +1024,9 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.iwae_steps, args.eval_repeats = 2, 2, 2
-        args.memory_steps = 2
+        args.memory_steps, args.conv_steps = 2, 2
+    if min(args.iwae_steps, args.conv_steps, args.memory_steps) < 1 or args.elbo_steps < 0:
+        p.error("--iwae-steps, --conv-steps and --memory-steps must be >= 1, --elbo-steps >= 0")
     return args
 
 
@@ -911,6 +1082,8 @@ def main(argv=None) -> int:
             "train_points": len(x),
             "repeats": args.repeats,
             "iwae_particles": IWAE_K,
+            "conv_spec": None if args.no_conv else CONV_SPEC.name,
+            "conv_steps": None if args.no_conv else args.conv_steps,
             "adam_foreach": {"ppvae": ppvae_foreach, "torch": TORCH_ADAM_FOREACH},
             "pyro_validation_default": pyro.infer.util.is_validation_enabled(),
             "first_step_rtol": FIRST_STEP_RTOL,
@@ -922,15 +1095,32 @@ def main(argv=None) -> int:
     report["matmul_peak"] = peak = matmul_peak(device, size)
     log(f"matmul peak: {peak['gflops']:.1f} GFLOP/s")
 
+    conv_states = None
+    if not args.no_conv:  # conv_vae_bmnist's initial weights, as `ppvae train` builds them
+        pyro.set_rng_seed(load_spec(CONV_SPEC).train.seed)
+        conv_model, conv_guide = build_ppvae_pair("conv")
+        conv_states = {
+            "model": {k: v.detach().cpu().clone() for k, v in conv_model.state_dict().items()},
+            "guide": {k: v.detach().cpu().clone() for k, v in conv_guide.state_dict().items()},
+        }
     report["training"] = {}
-    for workload, particles in (("elbo", 1), ("iwae50", IWAE_K)):
+    workloads = [("elbo", 1), ("iwae50", IWAE_K)] + ([] if args.no_conv else [("conv", 1)])
+    for workload, particles in workloads:
+        wstates, point_flops = states, None
         if workload == "elbo":
             wx = x if not args.elbo_steps else x[: args.elbo_steps * BATCH]
             warm_x = x[: (2 if args.quick else 5) * BATCH]
-        else:
+        elif workload == "iwae50":
             wx, warm_x = x[: args.iwae_steps * BATCH], x[:BATCH]
+        else:
+            wx, warm_x, wstates = x[: args.conv_steps * BATCH], x[: 2 * BATCH], conv_states
+            net = TorchVAE("conv")
+            macs = forward_macs(net.encoder, x[:1].cpu())
+            macs += forward_macs(net.decoder, torch.zeros(1, Z_DIM))
+            point_flops = 3 * 2 * macs
         runners = {
-            name: make_runner(name, particles, states, device) for name in TRAINING[workload]
+            name: make_runner(name, particles, wstates, device, NETWORK_OF[workload])
+            for name in TRAINING[workload]
         }
         first = first_step_losses(runners, x)
         log(
@@ -938,11 +1128,21 @@ def main(argv=None) -> int:
             f"losses agree to {first['max_rel_diff']:.1e}) ..."
         )
         results = interleaved(runners, wx, warm_x, args.repeats)
-        summary = summarize_training(results, len(wx), particles, peak["gflops"])
+        summary = summarize_training(results, len(wx), particles, peak["gflops"], point_flops)
         summary["first_step"] = first
+        if workload == "conv":
+            summary["network"] = (
+                f"{CONV_SPEC.stem}'s network: encoder 1x28x28 -> conv 4x4/2 {CONV_CHANNELS[0]} -> "
+                f"conv 4x4/2 {CONV_CHANNELS[1]} -> {CONV_HIDDEN} -> 2x{Z_DIM}, decoder {Z_DIM} -> "
+                f"{CONV_HIDDEN} -> {CONV_CHANNELS[1]}x7x7 -> convT 4x4/2 {CONV_CHANNELS[0]} -> "
+                "convT 4x4/2 1 (Bernoulli logits), ReLU; the user pair and the hand-written "
+                "loop hold it as plain nn.Sequential layers, the zoo VAE as ppvae's "
+                "ImageEncoder/ImageDecoder"
+            )
+            summary["flops_per_point"] = point_flops
         report["training"][workload] = summary
     report["targets_check"] = {
-        w: target_check(report["training"][w]["ratios"], TARGETS[w]) for w in TRAINING
+        w: target_check(report["training"][w]["ratios"], TARGETS[w]) for w in report["training"]
     }
 
     eval_state = None
@@ -955,7 +1155,7 @@ def main(argv=None) -> int:
     report["memory"] = {}
     if not args.no_memory:
         log("measuring memory (one child process per variant) ...")
-        report["memory"] = memory_pass(args, device, states, x, eval_state)
+        report["memory"] = memory_pass(args, device, states, x, eval_state, conv_states)
 
     log("done")
     report["wall_seconds"] = time.perf_counter() - t0

@@ -41,6 +41,7 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
     table = (tmp_path / "run-cpu.md").read_text()
     assert table.count("| ELBO (1 sample) |") == 4
     assert table.count("| IWAE k=50 |") == 3
+    assert table.count("| conv ELBO (1 sample) |") == 3
     # the rows of issue 12, the target shown on the user pair's rows
     for row in (
         "| ELBO (1 sample) | ppvae fit, user PyroModule pair |",
@@ -50,12 +51,19 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
         "| IWAE k=50 | ppvae fit, user PyroModule pair |",
         "| IWAE k=50 | ppvae fit, zoo VAE |",
         "| IWAE k=50 | hand-written torch |",
+        "| conv ELBO (1 sample) | ppvae fit, user PyroModule pair |",
+        "| conv ELBO (1 sample) | ppvae fit, zoo VAE |",
+        "| conv ELBO (1 sample) | hand-written torch |",
         "| ppvae log_marginal_likelihood, user PyroModule pair |",
         "| ppvae log_marginal_likelihood, zoo VAE |",
         "| hand-written torch (vectorized) |",
     ):
         assert table.count(row) == 1, row
-    for title, target in (("ELBO (1 sample)", "1.10"), ("IWAE k=50", "1.15")):
+    for title, target in (
+        ("ELBO (1 sample)", "1.10"),
+        ("IWAE k=50", "1.15"),
+        ("conv ELBO (1 sample)", "1.15"),
+    ):
         prefix = f"| {title} | ppvae fit, user PyroModule pair |"
         line = next(ln for ln in table.splitlines() if ln.startswith(prefix))
         assert f"| <= {target} |" in line
@@ -70,7 +78,7 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
         "memory",
     ):
         assert key in report
-    assert report["targets"] == {"elbo": 1.10, "iwae50": 1.15, "evaluation": 1.10}
+    assert report["targets"] == {"elbo": 1.10, "iwae50": 1.15, "evaluation": 1.10, "conv": 1.15}
     for key in ("date", "cpu", "cpu_count", "torch", "pyro"):
         assert report["machine"][key]
     assert _positive(report["matmul_peak"]["gflops"])
@@ -78,6 +86,8 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
     expected = {
         "elbo": {"ppvae_user", "ppvae_zoo", "torch", "pyro_svi"},
         "iwae50": {"ppvae_user", "ppvae_zoo", "torch"},
+        # issue 17: the conv_vae_bmnist network, user pair and zoo VAE against hand-written
+        "conv": {"ppvae_user", "ppvae_zoo", "torch"},
     }
     ppvae_rows = {"ppvae_user", "ppvae_zoo"}
     for workload, names in expected.items():
@@ -101,6 +111,10 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
         check = report["targets_check"][workload]
         assert check["target"] == report["targets"][workload]
         assert isinstance(check["met"], bool) and isinstance(check["zoo_met"], bool)
+    conv = report["training"]["conv"]
+    assert conv["steps_per_repeat"] == report["config"]["conv_steps"] == 2
+    assert conv["steps_per_epoch"] == 391 and _positive(conv["flops_per_point"])
+    assert "conv_vae_bmnist" in conv["network"]
 
     ev = report["evaluation"]
     assert set(ev["variants"]) == {"ppvae_user", "ppvae_zoo", "torch"}
@@ -115,6 +129,7 @@ def test_run_quick_writes_the_speed_table(repo, data_dir, tmp_path):
         "elbo/ppvae_user",
         "elbo/ppvae_zoo",
         "elbo/torch",
+        "conv/ppvae_user",
         "evaluation/ppvae_user",
     }
     for record in report["memory"].values():
