@@ -14,7 +14,9 @@
 :func:`ppvae.load_run` loads the folder as it loads a run folder, on any device: it
 rebuilds the model and guide from ``spec.toml`` and loads the weights, refusing weights
 that do not fit the spec's model and a spec edited after training. Nothing in an export is
-pickled, so nothing in it runs code when it is read.
+pickled, so nothing in it runs code when it is read, with one exception the model card
+states: a spec with ``network.kind = "user"`` names the modules of its networks, which
+loading imports (they must be installed, or lie in the working directory).
 
 Example:
     >>> import tempfile
@@ -286,7 +288,8 @@ def model_card(
             f"set `data.path` in `spec.toml` to where `{data.name}` lies on your machine."
             if sd.get("data", {}).get("path")
             else f"`{data.name}` needs no files."
-        ),
+        )
+        + _user_code_note(spec),
         "",
         "## Data",
         "",
@@ -385,3 +388,16 @@ def model_card(
         diagnostics.append(f"- {skipped} steps skipped for a non-finite loss or gradient")
     lines += diagnostics or ["- none recorded in the run"]
     return "\n".join(lines) + "\n"
+
+
+def _user_code_note(spec) -> str:
+    """The model card's sentence on user networks: loading the export imports their code."""
+    network = getattr(spec, "network", None)
+    if getattr(network, "kind", "") != "user":
+        return ""
+    refs = [f"`{r}`" for r in (network.encoder, network.decoder) if r]
+    return (
+        f' Its networks are your own code ({", ".join(refs)}, `network.kind = "user"`): '
+        "loading the export imports those modules, so they must be installed or lie in the "
+        "working directory, and they run as any code you import."
+    )

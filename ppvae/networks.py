@@ -382,8 +382,13 @@ def _import(module_name: str):
         top = module_name.split(".")[0]
         if err.name not in (top, module_name) or os.getcwd() in sys.path or "" in sys.path:
             raise
-        sys.path.insert(0, os.getcwd())  # `ppvae train` does not put the working dir there
-        return importlib.import_module(module_name)
+        here = os.getcwd()
+        sys.path.insert(0, here)  # `ppvae train` does not put the working dir there
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            if here in sys.path:
+                sys.path.remove(here)
 
 
 def _load_file(path: Path, where: str, ref: str):

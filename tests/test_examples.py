@@ -60,7 +60,7 @@ def test_compare_objectives_prints_one_row_per_objective(repo):
 
 def test_readme_python_snippet_runs(repo):
     readme = (repo / "README.md").read_text()
-    section = readme[readme.index("## Your own model") : readme.index("## Specs and the")]
+    section = readme[readme.index("## Your own model") : readme.index("## Your own data")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2  # the program with fit and the evaluator, then init / step
     code = "\n".join(blocks)
@@ -75,6 +75,49 @@ def test_readme_python_snippet_runs(repo):
     # the user loop: two epochs of ceil(N / 128) steps, a finite loss per data point
     steps, loss = re.search(r"^(\d+) (\S+)$", out.stdout, re.M).groups()
     assert int(steps) % 2 == 0 and int(steps) >= 2 and 0 < float(loss) < 64 * 0.7
+
+
+def test_readme_user_network_snippet_trains(repo, tmp_path):
+    """README's "Images as images": its nets.py and its [network] table train the conv
+    digits spec with the user's networks, from the folder holding nets.py."""
+    import tomllib
+
+    readme = (repo / "README.md").read_text()
+    section = readme[readme.index("## Images as images") : readme.index("## Specs and the")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (table,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    (tmp_path / "nets.py").write_text(code)
+    network = tomllib.loads(table)["network"]
+    spec = tomllib.loads((repo / "models" / "conv_vae_digits.toml").read_text())
+    spec["network"] = network
+    spec["data"]["limit"] = 200
+    spec["train"].update(epochs=2, progress=False)
+    import tomli_w
+
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    out = subprocess.run(
+        [sys.executable, "-m", "ppvae", "train", "spec.toml", "--out", "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    import os
+
+    from ppvae.run import load_run
+
+    here = os.getcwd()
+    os.chdir(tmp_path)  # the spec names nets:Encoder, found in the working directory
+    try:
+        run = load_run(tmp_path / "run")
+    finally:
+        os.chdir(here)
+    assert type(run.guide.posterior.trunk.net).__name__ == "Encoder"
+    assert type(run.model.decoder.net).__name__ == "Decoder"
+    assert run.model.generate(3).shape == (3, 64)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
 
 
 def test_readme_share_and_track_snippet_runs(repo, tmp_path):
