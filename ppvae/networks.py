@@ -91,6 +91,11 @@ class NetworkConfig(abc.ABC):
                 "with an image shape (digits, mnist, binarized_mnist, images, npz (N, C, H, W))"
             )
 
+    def load_code(self) -> None:  # noqa: B027 - an optional hook
+        """Import the code the networks are made of, if not ppvae's own (the ``user``
+        kind): done before any build, so that module-level tensors of that code are made
+        on the default device, never under the meta device of a size check."""
+
     @abc.abstractmethod
     def build_trunk(self, shape: Sequence[int], activation: str) -> nn.Module | None:
         """The encoder trunk for data points of event shape ``shape``: a module mapping
@@ -542,6 +547,11 @@ class UserNetwork(NetworkConfig):
                     f"network.{key} = {ref!r} must name a class as 'package.module:Class' or "
                     "'path/to/file.py:Class'"
                 )
+
+    def load_code(self) -> None:
+        for key in ("encoder", "decoder"):
+            if getattr(self, key):
+                load_object(getattr(self, key), f"network.{key}")
 
     def build_trunk(self, shape, activation) -> UserEncoder | None:
         if not self.encoder:

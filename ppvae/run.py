@@ -279,6 +279,7 @@ def _check_size(spec: Spec, ctx: ModelContext) -> None:
     """Refuse, before anything is allocated, a model and guide whose training would not fit
     in memory: they are built on PyTorch's meta device (shapes, no storage), and training
     holds about four times their parameters (weights, gradients, Adam's two moments)."""
+    spec.network.load_code()  # a user's modules are imported on the real devices, not meta
     rng = pyro.util.get_rng_state()
     try:
         with torch.device("meta"):

@@ -700,16 +700,6 @@ GLOBALS_PY = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SpecError,
-    reason=(
-        "ppvae.run.build first builds the model under torch.device('meta') (_check_size), "
-        "which is where a user's module is first imported: its module-level tensors are "
-        "made on the meta device, and the real build's dry run then fails with 'Tensor on "
-        "device meta is not on the expected device cpu!'"
-    ),
-)
 def test_a_user_module_with_module_level_tensors_builds(tmp_path):
     path = tmp_path / "globals_nets.py"  # a new file: imported for the first time here
     path.write_text(GLOBALS_PY)
