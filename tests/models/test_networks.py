@@ -678,7 +678,7 @@ def test_network_sections_round_trip_through_toml():
 
 
 # --------------------------------------------------------------------------------------
-# known bugs
+# user modules with module-level tensors (imported before the meta-device size check)
 
 
 GLOBALS_PY = textwrap.dedent(
