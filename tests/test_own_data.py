@@ -27,7 +27,7 @@ EPOCHS = 25  # the README's 200 cut down to a CI budget
 
 def _readme_commands(repo) -> list[str]:
     readme = (repo / "README.md").read_text()
-    section = readme[readme.index("## Your own data") : readme.index("## Specs and the")]
+    section = readme[readme.index("## Your own data") : readme.index("## Images as images")]
     (block,) = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
