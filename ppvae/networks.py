@@ -79,15 +79,16 @@ class NetworkConfig(abc.ABC):
     """Options of one network kind (the ``[network]`` section)."""
 
     kind: str
-    #: Whether the kind needs data with an image event shape ``(C, H, W)``.
+    #: Whether the kind needs data with an image event shape ``(C, H, W)`` (or ``(H, W)``,
+    #: read as one channel).
     needs_image: ClassVar[bool] = False
 
     def check_shape(self, shape: Sequence[int], what: str) -> None:
         """Refuse data of event shape ``shape`` (``what`` names them in the message)."""
-        if self.needs_image and len(shape) != 3:
+        if self.needs_image and len(shape) not in (2, 3):
             raise SpecError(
-                f"network.kind = {self.kind!r} needs images (an event shape C x H x W) but "
-                f'{what} have event shape {tuple(shape)}; use network.kind = "mlp" or data '
+                f"network.kind = {self.kind!r} needs images (an event shape C x H x W or H x W) "
+                f'but {what} have event shape {tuple(shape)}; use network.kind = "mlp" or data '
                 "with an image shape (digits, mnist, binarized_mnist, images, npz (N, C, H, W))"
             )
 
@@ -306,12 +307,17 @@ class ConvNetwork(NetworkConfig):
     def _blocks(self) -> int:
         return int(getattr(self, "blocks", 0))
 
-    def build_trunk(self, shape, activation) -> ImageEncoder:
+    def _image(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """``(C, H, W)`` of an event shape ``(C, H, W)`` or ``(H, W)`` (one channel)."""
         self.check_shape(shape, "the data")
+        return tuple(int(s) for s in shape) if len(shape) == 3 else (1, *map(int, shape))
+
+    def build_trunk(self, shape, activation) -> ImageEncoder:
+        shape = self._image(shape)
         return ImageEncoder(shape, self.channels, self.kernel_size, self._blocks(), activation)
 
     def build_decoder(self, in_features, hidden, shape, likelihood, activation) -> ImageDecoder:
-        self.check_shape(shape, "the data")
+        shape = self._image(shape)
         return ImageDecoder(
             in_features,
             hidden,

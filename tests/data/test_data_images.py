@@ -246,16 +246,42 @@ def test_bad_options_are_spec_errors(options, fragment):
     assert fragment in _one_sentence(info.value)
 
 
+def _bad_folder(folder, case: str) -> None:
+    if case == "single class":
+        write_images(folder / "only", 3)
+    elif case == "empty":
+        folder.mkdir(parents=True)
+        (folder / "readme.txt").write_text("no images here")
+    elif case == "unreadable":
+        write_images(folder / "a", 3)
+        write_images(folder / "b", 3)
+        (folder / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    elif case == "mixed sizes":
+        write_images(folder, 2, size=(6, 5))
+        Image.fromarray(_pixels(9, 4, 4, 3)).save(folder / "zz.png")
+
+
 @pytest.mark.slow
-def test_cli_prints_the_error_and_exits_2(tmp_path):
-    write_images(tmp_path / "d" / "only", 3)
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("single class", "single class sub-folder"),
+        ("empty", "holds no image files"),
+        ("unreadable", "broken.png"),
+        ("mixed sizes", "data.height and data.width"),
+    ],
+)
+def test_cli_prints_the_error_and_exits_2(tmp_path, case, fragment):
+    """Each bad folder: one ``error:`` line, exit status 2, no run folder (a conv spec,
+    which reads the images as images)."""
+    _bad_folder(tmp_path / "d", case)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "ppvae", "train", str(REPO / "models" / "vae.toml")]
+    argv = [sys.executable, "-m", "ppvae", "train", str(REPO / "models" / "conv_vae_digits.toml")]
     argv += ["--set", "data.kind=images", "--set", f"data.path={tmp_path / 'd'}"]
     argv += ["--out", str(tmp_path / "run"), "--no-progress"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: image folder"), proc.stderr
-    assert "single class sub-folder" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert fragment in lines[0], lines[0]
     assert not (tmp_path / "run").exists()

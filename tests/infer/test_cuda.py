@@ -206,3 +206,37 @@ def test_validation_and_seeded_blocks_leave_the_gpu_random_stream_alone(ppca):
     assert torch.equal(torch.cuda.get_rng_state(), before)
     with seeded(5, "cuda"):
         assert torch.equal(torch.randn(3, device="cuda"), first)
+
+
+@pytest.mark.parametrize(
+    ("spec_file", "extra"),
+    [
+        ("conv_vae_digits.toml", []),
+        ("conv_vae_digits.toml", ["network.kind=resnet"]),
+        (
+            "m2_digits.toml",
+            ["network.kind=conv", "network.channels=[8, 16]", "model.num_labels=50"],
+        ),
+    ],
+)
+def test_image_networks_train_on_cuda_and_evaluate_alike_on_cpu(tmp_path, spec_file, extra):
+    """Conv and residual networks (a VAE, and M2 with its ten classes enumerated through
+    the transposed convolutions) train on the GPU; the run loads on either device with the
+    same weights, and their log p(x) estimates agree within their standard errors."""
+    from ppvae.spec import load_spec
+
+    overrides = ["train.epochs=2", "data.limit=300", "train.device=cuda", "train.progress=false"]
+    spec = load_spec(REPO / "models" / spec_file, [*overrides, *extra])
+    _, history = train_spec(spec, tmp_path / "run")
+    assert all(math.isfinite(r["valid_elbo"]) for r in history.records)
+    on_cpu = load_run(tmp_path / "run", device="cpu")
+    on_gpu = load_run(tmp_path / "run", device="cuda")
+    for (name, a), (_, b) in zip(
+        on_cpu.model.state_dict().items(), on_gpu.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b.cpu()), name
+    torch.manual_seed(0)
+    a = evaluate_run(on_cpu, split="test", num_samples=100)
+    b = evaluate_run(on_gpu, split="test", num_samples=100)
+    tol = 4 * math.hypot(a["log_px_sem"], b["log_px_sem"]) + 0.05
+    assert abs(a["nll"] - b["nll"]) < tol, (a["nll"], b["nll"], tol)

@@ -556,6 +556,29 @@ def test_conv_on_vector_data_is_one_sentence(tmp_path):
         assert "needs images" in text and 'network.kind = "mlp"' in text
 
 
+def test_grey_images_without_a_channel_axis_are_one_channel(tmp_path):
+    """An npz array (N, H, W) has event shape (H, W): the image networks read it as
+    1 x H x W, and the decoder gives the likelihood H * W values per parameter."""
+    path = tmp_path / "grey.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(40, 6, 5)).astype(np.float32))
+    for kind in ("conv", "resnet"):
+        spec = parse_spec(
+            {
+                "data": {"kind": "npz", "path": str(path)},
+                "model": VAE_SMALL,
+                "network": {"kind": kind, "channels": [4]},
+                "likelihood": {"kind": "gaussian"},
+            }
+        )
+        data, model, guide = build(spec)
+        assert data.event_shape == (6, 5)
+        assert guide.posterior.trunk.shape == (1, 6, 5)
+        assert guide.posterior.trunk.out_features == 4 * 3 * 2  # 6 x 5 -> 3 x 2
+        assert model.generate(4).shape == (4, 30)
+        loss = build_objective(spec.objective)(model, guide, data.train.x[:8])
+        assert bool(torch.isfinite(loss))
+
+
 def test_too_many_widths_for_8x8_digits():
     text = _refused(
         {"data": DATA, "model": VAE_SMALL, "network": {"kind": "conv", "channels": [4, 4, 4, 4]}},
