@@ -359,23 +359,13 @@ def build_ppvae_pair(net: str = "mlp"):
     from ppvae.models.vae import build_vae
     from ppvae.spec import load_spec
 
-    if net == "mlp":
-        spec = load_spec(SPEC)
-        return build_vae(
-            X_DIM,
-            spec.model.latent_dim,
-            spec.model.hidden,
-            spec.model.activation,
-            prior=spec.prior,
-            guide=spec.guide,
-            likelihood=spec.likelihood,
-        )
-    spec = load_spec(CONV_SPEC)
-    mine = (Z_DIM, (CONV_HIDDEN,), "relu", CONV_CHANNELS, CONV_KERNEL)
-    theirs = (spec.model.latent_dim, tuple(spec.model.hidden), spec.model.activation)
-    theirs += (tuple(spec.network.channels), spec.network.kernel_size)
-    if spec.network.kind != "conv" or theirs != mine:
-        raise SystemExit(f"{CONV_SPEC.name} changed: {theirs}, this benchmark's network {mine}")
+    spec = load_spec(SPEC if net == "mlp" else CONV_SPEC)
+    if net != "mlp":
+        mine = (Z_DIM, (CONV_HIDDEN,), "relu", CONV_CHANNELS, CONV_KERNEL)
+        theirs = (spec.model.latent_dim, tuple(spec.model.hidden), spec.model.activation)
+        theirs += (tuple(spec.network.channels), spec.network.kernel_size)
+        if spec.network.kind != "conv" or theirs != mine:
+            raise SystemExit(f"{CONV_SPEC.name} changed: {theirs}, this benchmark's network {mine}")
     return build_vae(
         X_DIM,
         spec.model.latent_dim,
@@ -385,7 +375,7 @@ def build_ppvae_pair(net: str = "mlp"):
         guide=spec.guide,
         likelihood=spec.likelihood,
         network=spec.network,
-        event_shape=IMAGE,
+        event_shape=IMAGE if net != "mlp" else None,
     )
 
 

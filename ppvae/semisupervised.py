@@ -202,7 +202,8 @@ def train_baseline(
     min_steps: int,
     seed: int,
 ) -> tuple[float, int, float]:
-    r"""Train the M2 classifier's network on the labelled points alone (cross-entropy,
+    r"""Train the M2 classifier's network (:func:`_baseline_classifier`: the
+    ``[network]``'s encoder trunk, then ``model.hidden``) on the labelled points alone (cross-entropy,
     early stopping on the validation log-likelihood) and return ``(test accuracy %,
     epochs, seconds)``.
 
@@ -212,8 +213,7 @@ def train_baseline(
     """
     from ppvae.checkpoint import load_checkpoint
     from ppvae.infer.train import fit
-    from ppvae.models.observed import Classifier, EmptyGuide
-    from ppvae.nn import MLP
+    from ppvae.models.observed import EmptyGuide
 
     start = time.perf_counter()
     labelled = labelled_part(data.train, mask)
@@ -226,8 +226,7 @@ def train_baseline(
     steps_per_epoch = math.ceil(len(x) / batch_size)
     epochs = max(1, math.ceil(min_steps / steps_per_epoch))
     torch.manual_seed(seed)
-    net = MLP(data.dim, spec.model.hidden, data.num_classes, spec.model.activation)
-    model = Classifier(net, data.num_classes)
+    model = _baseline_classifier(spec, data)
     out = Path(out_dir)
     history = fit(
         model,
@@ -251,6 +250,18 @@ def train_baseline(
     device = next(model.parameters()).device
     acc = accuracy(lambda x: model.predict_proba(x.to(device)), data.test.x, data.test.y)
     return acc, len(history), time.perf_counter() - start
+
+
+def _baseline_classifier(spec: Spec, data: DataBundle) -> torch.nn.Module:
+    """The ``classifier`` model kind with M2's classifier network: the spec's ``[network]``
+    trunk (a conv M2's baseline is a conv classifier) and ``model.hidden`` /
+    ``model.activation``, on the raw data."""
+    from ppvae.models import MODELS
+    from ppvae.run import model_context
+
+    config = MODELS.get("classifier")(hidden=spec.model.hidden, activation=spec.model.activation)
+    model, _guide = config.build(model_context(spec, data))
+    return model
 
 
 def run_cell(

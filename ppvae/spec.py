@@ -363,21 +363,26 @@ def _check_combination(spec: Spec) -> None:
             f"{_kinds_where('objective', lambda c: objective_capabilities(c).supports_kl_warmup)} "
             f"or set train.{weighted[0]} to its default"
         )
+    uses, why = model.used_sections()
     for section in COMPONENT_SECTIONS:
         config = getattr(spec, section)
-        if section not in model.uses and config != _default(section):
+        if section not in uses and config != _default(section):
+            reason = (
+                f"{why} and does not use the [{section}] section"
+                if section in model.uses
+                else f"model.kind = {kind!r} does not use the [{section}] section"
+            )
             raise SpecError(
-                f"model.kind = {kind!r} does not use the [{section}] section, so "
-                f"{section}.kind = {config.kind!r} (with these options) would be ignored; remove "
-                f"[{section}] or leave it at its default, kind = {SECTIONS[section][1]!r} with "
-                "default options"
+                f"{reason}, so {section}.kind = {config.kind!r} (with these options) would be "
+                f"ignored; remove [{section}] or leave it at its default, kind = "
+                f"{SECTIONS[section][1]!r} with default options"
             )
     if model.needs_labels and spec.data.has_labels is False:
         raise SpecError(
             f"model.kind = {kind!r} needs labelled data but data.kind = {spec.data.kind!r} has no "
             f"labels; use {_kinds_where('data', lambda c: c.has_labels is True)} or npz with labels"
         )
-    if "prior" in model.uses and spec.prior.needs_posterior and not model.offers_posterior:
+    if "prior" in uses and spec.prior.needs_posterior and not model.offers_posterior:
         raise SpecError(
             f"prior.kind = {spec.prior.kind!r} is built on an amortized guide q(z|x), which "
             f"model.kind = {kind!r} does not have (its guide is {model.guide_form}); use a prior "

@@ -195,3 +195,29 @@ def test_m2_beats_the_labelled_only_baseline_on_digits(repo, tmp_path):
     cell = run_cell(spec, 50, 0, tmp_path / "cell")
     assert cell.unlabelled_pool == 1244
     assert cell.m2_accuracy >= cell.baseline_accuracy + 5.0, cell
+
+
+def test_the_baseline_classifier_is_m2s_classifier_network(repo):
+    """A conv M2 is compared with a conv classifier (the [network] trunk, then
+    model.hidden); an MLP M2 with the MLP of before, weight for weight."""
+    import torch
+
+    from ppvae.networks import ImageEncoder
+    from ppvae.nn import MLP
+    from ppvae.semisupervised import _baseline_classifier
+    from ppvae.spec import load_spec
+
+    path = repo / "models" / "m2_digits.toml"
+    conv = load_spec(path, ["network.kind=conv", "network.channels=[4, 8]", "data.limit=200"])
+    data = conv.data.load()
+    net = _baseline_classifier(conv, data).net
+    assert isinstance(net.trunk, ImageEncoder) and net.trunk.shape == (1, 8, 8)
+    assert net.head[0].in_features == 8 * 2 * 2 and net.head[-1].out_features == 10
+
+    mlp = load_spec(path, ["data.limit=200"])
+    torch.manual_seed(3)
+    got = _baseline_classifier(mlp, data).net.state_dict()
+    torch.manual_seed(3)
+    want = MLP(64, mlp.model.hidden, 10, mlp.model.activation).state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -4,9 +4,11 @@ are assembled into a model/guide pair of Pyro programs.
 A model kind is one frozen dataclass deriving from :class:`ModelConfig` and one
 ``@MODELS.register("name")`` line. What it declares, and what the rest of ppvae relies on:
 
-* :attr:`ModelConfig.uses`: the component sections (``prior``, ``guide``,
+* :attr:`ModelConfig.uses`: the component sections (``network``, ``prior``, ``guide``,
   ``likelihood``) it builds from. A section it does not use must be left at its default;
   anything else is refused when the spec is parsed (it would be silently ignored).
+  :meth:`ModelConfig.used_sections` narrows it where the options decide (a plain mixture,
+  ``latent_dim = 0``, has no networks for ``[network]``).
 * Capability flags, read by the spec's cross-section rules instead of other sections'
   ``kind`` strings: :attr:`~ModelConfig.offers_posterior` (a prior with
   ``needs_posterior``, the VampPrior, may share its guide's :math:`q(z|x)`),
@@ -179,6 +181,12 @@ class ModelConfig(abc.ABC):
     needs_labels: ClassVar[bool] = False
     #: What this kind's guide is, for messages (e.g. ``"q(z|x,y)"``).
     guide_form: ClassVar[str] = "q(z|x)"
+
+    def used_sections(self) -> tuple[frozenset[str], str]:
+        """The component sections these options use (default: :attr:`uses`), and why the
+        others are unused when the options decide it (e.g. ``"model.latent_dim = 0
+        builds no networks"``; empty: the kind never uses them)."""
+        return self.uses, ""
 
     @property
     def needs_enumeration(self) -> str:

@@ -156,13 +156,13 @@ class MixtureConfig(ModelConfig):
     def needs_enumeration(self) -> str:
         return "model.kind = 'mixture', whose class is summed out by enumeration,"
 
-    def check_spec(self, spec) -> None:
+    def used_sections(self) -> tuple[frozenset[str], str]:
         """A plain mixture (``latent_dim = 0``) has no networks for ``[network]`` to shape."""
-        if self.latent_dim == 0 and spec.network.kind != "mlp":
-            raise SpecError(
-                f"model.latent_dim = 0 makes a plain mixture without networks, so network.kind = "
-                f"{spec.network.kind!r} would be ignored; remove [network] or set model.latent_dim"
-            )
+        if self.latent_dim == 0:
+            return self.uses - {
+                "network"
+            }, "model.latent_dim = 0 (a plain mixture) builds no networks"
+        return self.uses, ""
 
     def build(self, ctx: ModelContext) -> tuple[MixtureModel, MixtureGuide]:
         ctx.check_data()

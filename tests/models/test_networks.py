@@ -15,6 +15,7 @@ import re
 import sys
 import textwrap
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -60,33 +61,8 @@ MODEL_KINDS = list(SMALL)
 NETWORK_KINDS = ["mlp", "conv", "resnet", "user_file", "user_import"]
 
 #: A user's networks: a conv encoder to USER_FEATURES features, a decoder to out_shape.
-NETS_PY = textwrap.dedent(
+NETS_PY = (Path(__file__).parents[1] / "assets" / "user_nets.py").read_text() + textwrap.dedent(
     """
-    import torch
-    from torch import nn
-
-
-    class Encoder(nn.Module):
-        def __init__(self, event_shape, width=4, features=12):
-            super().__init__()
-            c, h, w = event_shape
-            self.conv = nn.Conv2d(c, width, 3, padding=1)
-            self.out = nn.Linear(width * h * w, features)
-
-        def forward(self, x):
-            return self.out(torch.relu(self.conv(x)).flatten(1))
-
-
-    class Decoder(nn.Module):
-        def __init__(self, in_features, out_shape, width=4):
-            super().__init__()
-            c, h, w = out_shape
-            self.seed = (width, h, w)
-            self.lin = nn.Linear(in_features, width * h * w)
-            self.conv = nn.Conv2d(width, c, 3, padding=1)
-
-        def forward(self, v):
-            return self.conv(torch.relu(self.lin(v)).view(-1, *self.seed))
 
 
     class Pattern(nn.Module):
