@@ -268,7 +268,9 @@ def mutual_information(
         own = q.log_prob(z)
         terms = []
         for i in range(0, n, chunk_size):
-            zi = z[i : i + chunk_size].unsqueeze(1)  # (c, 1, D) against the batch (N,)
+            # (c, N, D) against the batch (N,): expanded, not broadcast, because conditional
+            # flows expand their context (N, H) to the value's batch shape
+            zi = z[i : i + chunk_size].unsqueeze(1).expand(-1, n, -1)
             cross = q.log_prob(zi)  # (c, N)
             if cross.shape != (zi.shape[0], n):
                 raise ValueError(
