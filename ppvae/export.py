@@ -303,7 +303,7 @@ def model_card(
         "## Model and objective",
         "",
         "```toml",
-        _toml_sections(sd, ("model", "prior", "guide", "likelihood", "objective")),
+        _toml_sections(sd, ("model", "network", "prior", "guide", "likelihood", "objective")),
         "```",
         "",
         "## Training budget",
@@ -398,6 +398,7 @@ def _user_code_note(spec) -> str:
     refs = [f"`{r}`" for r in (network.encoder, network.decoder) if r]
     return (
         f' Its networks are your own code ({", ".join(refs)}, `network.kind = "user"`): '
-        "loading the export imports those modules, so they must be installed or lie in the "
-        "working directory, and they run as any code you import."
+        "loading the export imports those modules, so they must be installed, lie in the "
+        "working directory, or lie at the file paths the spec names (edit them in `spec.toml` "
+        "if you move the files), and they run as any code you import."
     )

@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -92,6 +93,12 @@ class NetworkConfig(abc.ABC):
                 "with an image shape (digits, mnist, binarized_mnist, images, npz (N, C, H, W))"
             )
 
+    def resolve_paths(self) -> NetworkConfig:
+        """These options with the files they name made absolute (relative to the working
+        directory), so that a run's ``spec.toml`` can be read from anywhere. Default:
+        unchanged."""
+        return self
+
     def load_code(self) -> None:  # noqa: B027 - an optional hook
         """Import the code the networks are made of, if not ppvae's own (the ``user``
         kind): done before any build, so that module-level tensors of that code are made
@@ -122,6 +129,12 @@ NETWORKS: Registry[NetworkConfig] = Registry("network")
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(int(s) for s in shape)
+
+
+def _one_channel(shape: Sequence[int]) -> tuple[int, ...]:
+    """An image event shape ``(H, W)`` as ``(1, H, W)``; any other shape as it is."""
+    shape = tuple(int(s) for s in shape)
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 def _params_out(likelihood: nn.Module) -> tuple[int, bool]:
@@ -308,9 +321,8 @@ class ConvNetwork(NetworkConfig):
         return int(getattr(self, "blocks", 0))
 
     def _image(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """``(C, H, W)`` of an event shape ``(C, H, W)`` or ``(H, W)`` (one channel)."""
         self.check_shape(shape, "the data")
-        return tuple(int(s) for s in shape) if len(shape) == 3 else (1, *map(int, shape))
+        return _one_channel(shape)
 
     def build_trunk(self, shape, activation) -> ImageEncoder:
         shape = self._image(shape)
@@ -386,7 +398,28 @@ def load_object(ref: str, where: str) -> Any:
     return obj
 
 
+def _in_working_dir(module_name: str) -> Path | None:
+    """The file of ``module_name`` in the working directory (a module or a package), if any."""
+    base = Path.cwd().joinpath(*module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
 def _import(module_name: str):
+    loaded = sys.modules.get(module_name)
+    here = _in_working_dir(module_name)
+    if loaded is not None and here is not None:
+        file = getattr(loaded, "__file__", None)
+        if file is None or Path(file).resolve() != here:
+            # Python imports one module of a name per process: the other file would be
+            # used silently
+            raise SpecError(
+                f"module {module_name!r} was already imported from {file} in this process, but "
+                f"the working directory holds another, {here}; name the file instead "
+                f"('{here}:Class') or rename one of them"
+            )
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -412,11 +445,16 @@ def _load_file(path: Path, where: str, ref: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(path.parent)
+    sys.path.insert(0, folder)  # the file may import modules beside it
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 
@@ -429,13 +467,14 @@ def _construct(cls: Any, where: str, ref: str, args: dict[str, Any], given: dict
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         params = {}
-    clash = sorted(set(args) & set(given))
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in given.items() if k in params or takes_any}
+    clash = sorted(set(args) & set(kwargs))
     if clash:
         raise SpecError(
             f"{where}_args sets {clash[0]!r}, which ppvae passes itself (from the data and "
             "the model); remove it"
         )
-    kwargs = {k: v for k, v in given.items() if k in params}
     try:
         net = cls(**args, **kwargs)
     except Exception as err:
@@ -463,9 +502,20 @@ def _dry_run(net: nn.Module, x: torch.Tensor, where: str, ref: str) -> torch.Ten
     finally:
         for m, mode in modes:
             m.training = mode
+    _check_dtype(out, x, where, ref)
+    return out
+
+
+def _check_dtype(out: Any, x: torch.Tensor, where: str, ref: str) -> None:
+    """A tensor of floats at least as precise as the input's: a network that returns
+    bfloat16 or float16 for float32 inputs would make every log-density that coarse."""
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"{where} = {ref!r} returned a {type(out).__name__}, not a tensor")
-    return out
+    if not out.is_floating_point() or torch.finfo(out.dtype).eps > torch.finfo(x.dtype).eps:
+        raise SpecError(
+            f"{where} = {ref!r} returned {out.dtype} for {x.dtype} inputs; return at least "
+            f"{x.dtype} (log-densities would be computed at the lower precision)"
+        )
 
 
 class UserEncoder(nn.Module):
@@ -482,9 +532,10 @@ class UserEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         lead = x.shape[:-1]
         h = self.net(x.reshape(-1, *self.shape))
+        _check_dtype(h, x, "network.encoder", self.ref)
         if h.shape != (math.prod(lead), self.out_features):
-            raise ValueError(
-                f"the encoder {self.ref} returned shape {tuple(h.shape)} for a batch of "
+            raise SpecError(
+                f"network.encoder = {self.ref!r} returned shape {tuple(h.shape)} for a batch of "
                 f"{math.prod(lead)}; it must return (batch, {self.out_features})"
             )
         return h.reshape(*lead, self.out_features)
@@ -506,10 +557,12 @@ class UserDecoder(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:  # noqa: D102
         lead = v.shape[:-1]
         out = self.net(v.reshape(-1, v.shape[-1]))
+        _check_dtype(out, v, "network.decoder", self.ref)
         if out.shape != (math.prod(lead), *self.out_shape):
-            raise ValueError(
-                f"the decoder {self.ref} returned shape {tuple(out.shape)} for a batch of "
-                f"{math.prod(lead)}; it must return (batch, {', '.join(map(str, self.out_shape))})"
+            raise SpecError(
+                f"network.decoder = {self.ref!r} returned shape {tuple(out.shape)} for a batch "
+                f"of {math.prod(lead)}; it must return (batch, "
+                f"{', '.join(map(str, self.out_shape))})"
             )
         return _to_params(out, lead, self.shape, self.params, self.params_last)
 
@@ -520,7 +573,8 @@ class UserNetwork(NetworkConfig):
     """Your own networks, by import path, with keyword arguments from the spec.
 
     The encoder is built as ``Encoder(**encoder_args)``, with ``event_shape`` (the shape of
-    one data point, e.g. ``(1, 28, 28)``) added when its constructor names it; it takes
+    one data point, e.g. ``(1, 28, 28)``; grey ``(H, W)`` images are given as ``(1, H, W)``)
+    added when its constructor names it (or takes ``**kwargs``); it takes
     ``(N, *event_shape)`` and returns features ``(N, F)``. The decoder is built as
     ``Decoder(**decoder_args)`` with ``in_features`` (the latent size, plus the classes
     for cvae and m2), ``out_shape`` (``(P * C, H, W)``, ``P`` the likelihood's parameters
@@ -554,6 +608,14 @@ class UserNetwork(NetworkConfig):
                     "'path/to/file.py:Class'"
                 )
 
+    def resolve_paths(self) -> UserNetwork:
+        refs = {}
+        for key in ("encoder", "decoder"):
+            module, sep, attr = getattr(self, key).rpartition(":")
+            if sep and module.endswith(".py"):
+                refs[key] = f"{os.path.abspath(os.path.expanduser(module))}:{attr}"
+        return dataclasses.replace(self, **refs) if refs else self
+
     def load_code(self) -> None:
         for key in ("encoder", "decoder"):
             if getattr(self, key):
@@ -562,6 +624,7 @@ class UserNetwork(NetworkConfig):
     def build_trunk(self, shape, activation) -> UserEncoder | None:
         if not self.encoder:
             return None
+        shape = _one_channel(shape)
         where = "network.encoder"
         cls = load_object(self.encoder, where)
         net = _construct(cls, where, self.encoder, self.encoder_args, {"event_shape": tuple(shape)})
@@ -577,6 +640,7 @@ class UserNetwork(NetworkConfig):
         if not self.decoder:
             return MLPNetwork().build_decoder(in_features, hidden, shape, likelihood, activation)
         where = "network.decoder"
+        shape = _one_channel(shape)
         params, _last = _params_out(likelihood)
         out_shape = (params * int(shape[0]), *shape[1:])
         given = {"in_features": in_features, "out_shape": out_shape, "event_shape": tuple(shape)}

@@ -640,7 +640,8 @@ def _latent_callbacks(spec: Spec, data: DataBundle, model, guide, work: Path) ->
 
 
 def resolve_paths(spec: Spec) -> Spec:
-    """The spec with its data location written out: a ``data.path`` made absolute (``~``
+    """The spec with its data location written out (and a user network's file, see
+    :meth:`~ppvae.networks.NetworkConfig.resolve_paths`): a ``data.path`` made absolute (``~``
     expanded), and an empty one that stands for ``$PPVAE_DATA_DIR/<kind>`` (the default
     folder of the kinds that read one, e.g. ``mnist``) replaced by that folder when it
     exists. ``spec.toml`` then says where the data were read, and the run can be read
@@ -648,6 +649,9 @@ def resolve_paths(spec: Spec) -> Spec:
     what the run is: :func:`~ppvae.rundir.spec_fingerprint` leaves it out, so a run
     trained before this resolution, or moved to another machine, is still the same run.)
     """
+    network = spec.network.resolve_paths()
+    if network != spec.network:  # a user network's file, made absolute the same way
+        spec = spec.replace(network=network)
     data = spec.data
     path = getattr(data, "path", None)
     if not isinstance(path, str):

@@ -342,7 +342,8 @@ def lock_is_held(folder: str | Path) -> bool:
 
 def frozen_part(spec_dict: Mapping[str, Any], *, locations: bool = False) -> dict[str, Any]:
     """The sections of a spec that make a run what it is: all but ``[evaluate]`` (and a
-    default ``[network]``, which runs of earlier versions lack), ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`, and without the
+    default ``[network]``, which runs of earlier versions lack; a user network's file
+    counts by its name, not its folder), ``[train]`` without :data:`RESUMABLE_TRAIN_KEYS`, and without the
     :data:`LOCATION_KEYS` (``locations=True`` keeps them: the fingerprint that
     earlier ppvae versions stored)."""
     out = {k: dict(v) for k, v in spec_dict.items() if k != "evaluate" and isinstance(v, Mapping)}
@@ -354,7 +355,18 @@ def frozen_part(spec_dict: Mapping[str, Any], *, locations: bool = False) -> dic
         for section, keys in LOCATION_KEYS.items():
             if section in out:
                 out[section] = {k: v for k, v in out[section].items() if k not in keys}
+        if "network" in out:  # a user network's file: its name and class, not its folder
+            out["network"] = {k: _file_ref_name(v) for k, v in out["network"].items()}
     return out
+
+
+def _file_ref_name(value: Any) -> Any:
+    """``"/some/folder/nets.py:Encoder"`` -> ``"nets.py:Encoder"``; other values as they are."""
+    if isinstance(value, str):
+        module, sep, attr = value.rpartition(":")
+        if sep and module.endswith(".py"):
+            return f"{Path(module).name}:{attr}"
+    return value
 
 
 def spec_fingerprint(spec_dict: Mapping[str, Any], *, locations: bool = False) -> str:

@@ -252,6 +252,13 @@ def train_baseline(
     return acc, len(history), time.perf_counter() - start
 
 
+def _network_text(spec: Spec) -> str:
+    """``conv (channels=[16, 32], kernel_size=4)``: the ``[network]`` kind and its options."""
+    options = {k: v for k, v in spec.to_dict()["network"].items() if k != "kind"}
+    inner = ", ".join(f"{k}={v}" for k, v in options.items())
+    return spec.network.kind + (f" ({inner})" if inner else "")
+
+
 def _baseline_classifier(spec: Spec, data: DataBundle) -> torch.nn.Module:
     """The ``classifier`` model kind with M2's classifier network: the spec's ``[network]``
     trunk (a conv M2's baseline is a conv classifier) and ``model.hidden`` /
@@ -532,7 +539,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, *, spec: Spec) -> li
         "",
         f"Spec: model latent_dim={m.latent_dim}, hidden={list(m.hidden)}, activation={m.activation}, "
         f"sum_y={m.sum_y}, aux_weight={m.aux_weight}, labelled_repeat={m.labelled_repeat}"
-        f"{', m1_run=' + m.m1_run if m.m1_run else ''}; "
+        f"{', m1_run=' + m.m1_run if m.m1_run else ''}; network {_network_text(spec)}; "
         f"likelihood {spec.likelihood.kind}; objective {spec.objective.kind}; data binarize="
         f"{spec.data.binarize}; train epochs={spec.train.epochs}, batch_size={spec.train.batch_size}, "
         f"lr={spec.train.lr}.",

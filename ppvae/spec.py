@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -175,6 +176,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:  # keyword arguments of a user's class: TOML values as they are
         if not isinstance(value, dict):
             raise bad
+        _check_plain(value, where)
         return dict(value)
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
@@ -201,6 +203,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise bad
         return value
     raise TypeError(f"unsupported option type {tp!r} at {where}")  # a bug in a config class
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what a run folder could not store and compare: values other than strings,
+    booleans, integers, finite numbers, and lists and tables of them (a TOML date, NaN)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain(item, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{where} must be a finite number, got {value!r}")
+    elif not isinstance(value, str | bool | int | float):
+        raise SpecError(
+            f"{where} must be a string, a boolean, a number, or a list or table of them, "
+            f"got a {type(value).__name__} ({value!r})"
+        )
 
 
 def _build_section(name: str, values: dict[str, Any]) -> Any:

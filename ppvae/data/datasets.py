@@ -337,7 +337,9 @@ class NpzConfig(DataConfig):
             where = f"array {self.y_key!r} of npz file {path}"
             y = check_labels(y_raw, n=len(x), where=where, num_classes=self.num_classes)
             num_classes = self.num_classes or int(y.max()) + 1
-        event_shape = tuple(int(s) for s in x_raw.shape[1:]) or (1,)
+        # flat points with a data.image_shape: the bundle derives the event shape from it
+        flat_image = x_raw.ndim == 2 and bool(self.image_shape)
+        event_shape = None if flat_image else tuple(int(s) for s in x_raw.shape[1:]) or (1,)
         return SourceData(
             Split(x, y), image_shape=image_shape, num_classes=num_classes, event_shape=event_shape
         )

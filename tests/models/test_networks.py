@@ -706,3 +706,187 @@ def test_a_user_module_with_module_level_tensors_builds(tmp_path):
     data, model, guide = build(spec)
     loss = _loss(spec, model, guide, _batch(spec, data))
     assert bool(torch.isfinite(loss))
+
+
+# --------------------------------------------------------------------------------------
+# user networks: what a review found
+
+
+def _write(folder, name: str, code: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+def test_a_constructor_taking_kwargs_gets_what_ppvae_passes(tmp_path):
+    path = _write(
+        tmp_path,
+        "kw_nets.py",
+        """
+        from torch import nn
+
+        class Encoder(nn.Module):
+            def __init__(self, **kw):
+                super().__init__()
+                c, h, w = kw["event_shape"]
+                self.width = kw.get("width", 3)
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, self.width))
+
+            def forward(self, x):
+                return self.net(x)
+        """,
+    )
+    spec = _spec(
+        "vae", {"kind": "user", "encoder": f"{path}:Encoder", "encoder_args": {"width": 5}}
+    )
+    data, model, guide = build(spec)
+    assert guide.posterior.trunk.out_features == 5
+    assert bool(torch.isfinite(_loss(spec, model, guide, _batch(spec, data))))
+
+
+def test_a_decoder_of_lower_precision_is_refused(tmp_path):
+    path = _write(
+        tmp_path,
+        "half_nets.py",
+        """
+        import torch
+        from torch import nn
+
+        class Decoder(nn.Module):
+            def __init__(self, in_features, out_shape):
+                super().__init__()
+                self.shape = out_shape
+                self.lin = nn.Linear(in_features, 64)
+
+            def forward(self, v):
+                return self.lin(v).view(-1, *self.shape).to(torch.bfloat16)
+        """,
+    )
+    text = _refused(
+        {"model": SMALL["vae"][0] | {"kind": "vae"}, "data": DATA,
+         "network": {"kind": "user", "decoder": f"{path}:Decoder"}},
+        "torch.bfloat16 for torch.float32 inputs",
+    )  # fmt: skip
+    assert "lower precision" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [(float("nan"), "must be a finite number"), (float("inf"), "must be a finite number")],
+)
+def test_encoder_args_must_be_storable_values(value, fragment):
+    import datetime
+
+    network = {"kind": "user", "encoder": "x:Y", "encoder_args": {"a": [1, {"note": value}]}}
+    text = _refused({"network": network}, fragment, "network.encoder_args.a.note", build_it=False)
+    assert "nan" in text or "inf" in text
+    network["encoder_args"] = {"when": datetime.date(2020, 1, 1)}
+    _refused({"network": network}, "network.encoder_args.when", "date", build_it=False)
+
+
+def test_a_wrong_shape_on_a_later_batch_is_a_ppvae_error(tmp_path):
+    from ppvae.networks import UserEncoder
+
+    class Squeezing(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3].squeeze()
+
+    encoder = UserEncoder(Squeezing(), (1, 8, 8), 3, "nets.py:Squeezing")
+    assert encoder(torch.zeros(2, 64)).shape == (2, 3)
+    with pytest.raises(SpecError) as err:
+        encoder(torch.zeros(1, 64))
+    assert "returned shape (3,) for a batch of 1" in _one_sentence(err.value)
+
+
+def test_a_relative_file_is_made_absolute_and_its_folder_does_not_count(tmp_path, monkeypatch):
+    from ppvae.run import resolve_paths
+    from ppvae.rundir import spec_fingerprint
+
+    _write(tmp_path / "sub", "nets.py", NETS_PY)
+    monkeypatch.chdir(tmp_path)
+    spec = _spec("vae", {"kind": "user", "encoder": "sub/nets.py:Encoder"})
+    resolved = resolve_paths(spec)
+    assert resolved.network.encoder == f"{tmp_path / 'sub' / 'nets.py'}:Encoder"
+    moved = _spec("vae", {"kind": "user", "encoder": "/elsewhere/nets.py:Encoder"})
+    other = _spec("vae", {"kind": "user", "encoder": "/elsewhere/nets.py:Decoder"})
+    fingerprint = spec_fingerprint(resolved.to_dict())
+    assert spec_fingerprint(moved.to_dict()) == fingerprint
+    assert spec_fingerprint(other.to_dict()) != fingerprint
+    build(resolved)  # from another working directory too
+    monkeypatch.chdir("/")
+    build(resolved)
+
+
+def test_a_file_may_import_modules_beside_it(tmp_path):
+    _write(tmp_path / "pkgless", "blocks_of_nets.py", "WIDTH = 7\n")
+    path = _write(
+        tmp_path / "pkgless",
+        "sibling_nets.py",
+        """
+        from torch import nn
+        from blocks_of_nets import WIDTH
+
+        class Encoder(nn.Module):
+            def __init__(self, event_shape):
+                super().__init__()
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, WIDTH))
+
+            def forward(self, x):
+                return self.net(x)
+        """,
+    )
+    data, model, guide = build(_spec("vae", {"kind": "user", "encoder": f"{path}:Encoder"}))
+    assert guide.posterior.trunk.out_features == 7
+    assert str(path.parent) not in sys.path
+
+
+def test_one_module_name_from_two_working_directories_is_refused(tmp_path, monkeypatch):
+    """Python imports one module of a name per process: a second folder's nets_twice.py
+    would silently be built from the first one's classes."""
+    for folder in ("a", "b"):
+        _write(tmp_path / folder, "nets_twice.py", NETS_PY)
+    spec = _spec("vae", {"kind": "user", "encoder": "nets_twice:Encoder"})
+    monkeypatch.chdir(tmp_path / "a")
+    try:
+        build(spec)
+        monkeypatch.chdir(tmp_path / "b")
+        with pytest.raises(SpecError) as err:
+            build(spec)
+        text = _one_sentence(err.value)
+        assert "nets_twice" in text and str(tmp_path / "b" / "nets_twice.py") in text
+    finally:
+        sys.modules.pop("nets_twice", None)
+
+
+def test_user_networks_read_grey_h_w_images_as_one_channel(tmp_path):
+    path = tmp_path / "grey_hw.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(40, 8, 8)).astype(np.float32))
+    nets = _write(tmp_path, "hw_nets.py", NETS_PY)
+    spec = parse_spec(
+        {
+            "data": {"kind": "npz", "path": str(path)},
+            "model": VAE_SMALL,
+            "network": {"kind": "user", "encoder": f"{nets}:Encoder", "decoder": f"{nets}:Decoder"},
+            "likelihood": {"kind": "gaussian"},
+        }
+    )
+    data, model, guide = build(spec)
+    assert data.event_shape == (8, 8) and guide.posterior.trunk.shape == (1, 8, 8)
+    assert model.decoder.out_shape == (1, 8, 8)
+    assert bool(torch.isfinite(build_objective(spec.objective)(model, guide, data.train.x[:8])))
+
+
+def test_flat_npz_points_with_an_image_shape_are_images(tmp_path):
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32))
+    spec = parse_spec(
+        {
+            "data": {"kind": "npz", "path": str(path), "image_shape": [8, 8]},
+            "model": VAE_SMALL,
+            "network": {"kind": "conv", "channels": [4]},
+            "likelihood": {"kind": "gaussian"},
+        }
+    )
+    data, model, guide = build(spec)
+    assert data.event_shape == (1, 8, 8) and model.generate(2).shape == (2, 64)
