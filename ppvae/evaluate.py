@@ -102,7 +102,8 @@ def _latent_summary(run: Run, data: tuple) -> dict[str, Any]:
     reconstruction minus KL, one Monte Carlo draw per point), ``latent`` (KL per latent
     dimension, active units: :func:`ppvae.latents.latent_diagnostics`) and
     ``mutual_information`` (Hoffman & Johnson 2016's aggregate-posterior estimate of
-    :math:`I(x; z)` on at most 2,000 points, with its upper bound :math:`\\log N`; None
+    :math:`I(x; z)` on at most 2,000 points (the guide's ``mutual_information_points``:
+    200 for autoregressive flows), with its upper bound :math:`\\log N`; None
     with a reason where the guide's density is right only at its own draws)."""
     from ppvae.latents import elbo_split, latent_diagnostics, mutual_information
     from ppvae.models.abilities import AmortizedPosterior
@@ -115,7 +116,8 @@ def _latent_summary(run: Run, data: tuple) -> dict[str, Any]:
         out["elbo_split"] = elbo_split(run.model, run.guide, data)
         out["latent"] = latent_diagnostics(run.model, run.guide, data)
         if getattr(run.spec.guide, "log_prob_anywhere", True):
-            mi, n = mutual_information(run.guide, data)
+            points = getattr(run.spec.guide, "mutual_information_points", 2000)
+            mi, n = mutual_information(run.guide, data, max_points=points)
             out["mutual_information"] = {"value": mi, "points": n, "upper_bound": math.log(n)}
         else:
             out["mutual_information"] = {

@@ -68,6 +68,10 @@ class GuideConfig(abc.ABC):
     #: Whether ``log_prob`` works at any ``z``, not only at the guide's own draws
     #: (VampPrior and the stl/dreg estimators need it; planar and radial flows lack it).
     log_prob_anywhere: bool = True
+    #: Points of the mutual-information diagnostic (``ppvae evaluate``), which scores every
+    #: point's draw under every point's q(z|x): N^2 densities at draws q did not make.
+    #: Autoregressive flows invert one latent dimension at a time, so they take fewer.
+    mutual_information_points: int = 2000
 
     @abc.abstractmethod
     def build(self, ctx: BuildContext) -> nn.Module:
@@ -308,6 +312,7 @@ class _FlowGuide(GuideConfig):
 
     _autoregressive = True
     _standard_base = False
+    mutual_information_points = 200  # the inverse takes latent_dim passes
 
     def __post_init__(self) -> None:
         check_flow_options("guide", self.num_steps, self.flow_hidden)
