@@ -129,11 +129,13 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     intact ``last.pt`` (the rename is atomic); it is never read.
     """
     epochs = 3
-    # 80 steps of 2 points an epoch (~0.5-1 s): long enough to be killed inside one
+    # about 450 steps of 2 points an epoch (1 s on a fast CPU): killed half-way through, far
+    # from its end even on a loaded machine (with 80 steps, 0.26 s, the kill could land
+    # between epoch 2's metrics line and its checkpoint)
     args = [
         "train", VAE, "--no-progress",
         "--set", f"train.epochs={epochs}", "--set", "train.batch_size=2",
-        "--set", "data.limit=160", "--set", "model.hidden=[32]",
+        "--set", "data.limit=1280", "--set", "model.hidden=[32]",
     ]  # fmt: skip
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     reference = subprocess.Popen(
