@@ -392,8 +392,8 @@ def model_card(
 
 def _user_code_note(spec) -> str:
     """The model card's sentence on user networks: loading the export imports their code."""
-    network = getattr(spec, "network", None)
-    if getattr(network, "kind", "") != "user":
+    network = spec.network
+    if network.kind != "user":
         return ""
     refs = [f"`{r}`" for r in (network.encoder, network.decoder) if r]
     return (

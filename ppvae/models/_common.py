@@ -11,6 +11,7 @@ from torch import nn
 from ppvae.context import BuildContext
 from ppvae.distributions import ReparamDiagonalNormal
 from ppvae.errors import SpecError
+from ppvae.networks import NETWORKS, NetworkConfig
 from ppvae.nn import MLP, make_activation
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "one_hot",
     "kind_name",
     "resolve_components",
+    "resolve_network",
 ]
 
 
@@ -61,6 +63,18 @@ def resolve_components(prior, guide, likelihood) -> tuple:
         GUIDES.get(guide)() if isinstance(guide, str) else guide,
         LIKELIHOODS.get(likelihood)() if isinstance(likelihood, str) else likelihood,
     )
+
+
+def resolve_network(
+    network, data_dim: int, event_shape: Sequence[int] | None, what: str = "the data"
+) -> tuple[NetworkConfig, tuple[int, ...]]:
+    """The ``[network]`` config of a builder's argument (a registered kind's name becomes
+    its default config) and the event shape of the points it reads (``(data_dim,)`` when
+    none is given), refused in one sentence where the kind cannot read them."""
+    config = NETWORKS.get(network)() if isinstance(network, str) else network
+    shape = tuple(event_shape) if event_shape else (data_dim,)
+    config.check_shape(shape, what)
+    return config, shape
 
 
 def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:

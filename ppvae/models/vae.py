@@ -38,9 +38,10 @@ from ppvae.models._common import (
     kind_name,
     on_trunk,
     resolve_components,
+    resolve_network,
 )
 from ppvae.models.base import MODELS, ModelConfig, ModelContext
-from ppvae.networks import NETWORKS, NetworkConfig
+from ppvae.networks import NetworkConfig
 
 __all__ = ["VAE", "VAEGuide", "VAEConfig", "build_vae", "check_components"]
 
@@ -116,9 +117,7 @@ def build_vae(
     )
     prior_cfg, guide_cfg, lik_cfg = resolve_components(prior, guide, likelihood)
     check_components(prior_cfg, guide_cfg)
-    net = NETWORKS.get(network)() if isinstance(network, str) else network
-    shape = tuple(event_shape) if event_shape else (data_dim,)
-    net.check_shape(shape, "the data")
+    net, shape = resolve_network(network, data_dim, event_shape)
     lik = lik_cfg.build(ctx)
     decoder = net.build_decoder(latent_dim, tuple(reversed(ctx.hidden)), shape, lik, activation)
     trunk = net.build_trunk(shape, activation)

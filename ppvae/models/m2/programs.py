@@ -17,10 +17,10 @@ from torch import nn
 
 from ppvae.context import BuildContext
 from ppvae.errors import SpecError
-from ppvae.models._common import kind_name, one_hot, resolve_components
+from ppvae.models._common import kind_name, one_hot, resolve_components, resolve_network
 from ppvae.models.m2.features import Features, M1Features
 from ppvae.models.m2.weighting import ClassWeighted, class_weights
-from ppvae.networks import NETWORKS, NetworkConfig
+from ppvae.networks import NetworkConfig
 from ppvae.nn import MLP, broadcast_cat
 
 __all__ = ["M2", "M2Guide", "build_m2", "SUM_Y"]
@@ -258,9 +258,8 @@ def build_m2(
         num_classes=num_classes,
         data=data,
     )
-    net = NETWORKS.get(network)() if isinstance(network, str) else network
-    shape = tuple(event_shape) if event_shape else (data_dim,)
-    net.check_shape(shape, "the M1 features M2 models" if m1 is not None else "the data")
+    what = "the M1 features M2 models" if m1 is not None else "the data"
+    net, shape = resolve_network(network, data_dim, event_shape, what)
     lik = lik_cfg.build(ctx)
     trunk = net.build_trunk(shape, activation)
     reads = dataclasses.replace(ctx, data_dim=trunk.out_features) if trunk is not None else ctx
